@@ -1,0 +1,198 @@
+"""Typed configuration, filled from YAML.
+
+Every section is a dataclass with documented defaults. Loading is strict: an unknown key or a
+value of the wrong type is a :class:`UserError` that names the key (``train.lr``), so a typo in a
+config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The two-tower model (see factlearn.model)."""
+
+    backbone: str = "resnet"  # image backbone family from transformers: resnet | vit
+    backbone_config: dict = field(
+        default_factory=lambda: {"embedding_size": 32, "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1]}
+    )  # keyword arguments of the transformers config (ResNetConfig, ViTConfig)
+    pretrained: str | None = None  # local directory with pretrained backbone weights (no download)
+    image_size: int = 64  # images are resized to image_size x image_size
+    slot_dim: int = 64  # dimensions per slot; the embedding has 3 * slot_dim
+    po_grid: int = 2  # the P,O branch pools the feature map to po_grid x po_grid (keeps layout)
+    word_dim: int = 64  # word vectors of the language tower
+    text_hidden: int = 128  # hidden width of the per-slot phrase encoders
+
+
+@dataclass
+class LossConfig:
+    """Training loss: wildcard-masked slot distance + contrastive term over the task's facts."""
+
+    distance_weight: float = 1.0  # the reference (Sherlock) per-slot squared distance
+    contrastive_weight: float = 1.0  # guards against collapse when the language tower trains
+    temperature: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9  # sgd only
+    num_workers: int = 0
+
+
+@dataclass
+class SplitConfig:
+    """How the facts are cut into a task sequence."""
+
+    kind: str = "random"  # random | semantic
+    tasks: int = 2
+    seed: int = 0
+    test_fraction: float = 0.3  # for manifest rows without a train/test split
+
+
+@dataclass
+class MethodConfig:
+    """The continual-learning method and its options (only those the method uses matter)."""
+
+    name: str = "finetune"
+    lam: float = 1.0  # penalty strength lambda
+    accumulate: str = "sum"  # importance across tasks: sum (MAS authors) | blend
+    alpha: float = 0.5  # blend factor: alpha * old + (1 - alpha) * new
+    importance: str = "exact"  # MAS: exact per-sample |grad| | batch (|grad of batch sum|, faster, smaller)
+    importance_batch_size: int = 64
+    max_importance_samples: int | None = None  # cap on samples for importance (None = all)
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "standard"  # standard: candidates = the task's facts; generalized: all seen
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.backbone": ("resnet", "vit"),
+    "train.optimizer": ("adam", "sgd"),
+    "split.kind": ("random", "semantic"),
+    "method.accumulate": ("sum", "blend"),
+    "method.importance": ("exact", "batch"),
+    "eval.protocol": ("standard", "generalized"),
+}
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {where or 'root'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise UserError(f"config: unknown key {key!r} (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    obj = cls(**values)
+    _check_choices(obj, where)
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0])
+    base = origin or hint
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        try:  # YAML reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if base is int and isinstance(value, bool):
+        raise UserError(f"config {key}: expected int, got {value!r}")
+    if isinstance(value, base):
+        return value
+    raise UserError(f"config {key}: expected {base.__name__}, got {value!r}")
+
+
+def _check_choices(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        key = f"{where}.{f.name}" if where else f.name
+        if key in CHOICES and getattr(obj, f.name) not in CHOICES[key]:
+            raise UserError(f"config {key}: {getattr(obj, f.name)!r} is not one of {', '.join(CHOICES[key])}")
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    ``overrides`` maps dotted keys (``"method.lam"``) to values; None values are skipped so CLI
+    options left unset do not override the file.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return from_dict(Config, data)
+    except UserError as exc:
+        raise UserError(f"{exc}" + (f" [in {path}]" if path else "")) from None

@@ -1,0 +1,95 @@
+"""The two-tower fact model: images and facts in one slot-structured space."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.images import load_image, to_model_input
+from ..facts import Fact
+from .towers import ImageTower, LanguageTower
+from .vocab import Vocabulary
+
+
+def normalize_slots(emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, d) raw -> (N, 3*d): each slot scaled to unit length, missing slots zero.
+
+    The cosine of two such vectors weighs every present slot equally; a fact with wildcards only
+    competes on the slots it names.
+    """
+    out = F.normalize(emb, dim=-1, eps=1e-8)
+    if mask is not None:
+        out = out * mask.unsqueeze(-1)
+    return out.flatten(1)
+
+
+class FactModel(nn.Module):
+    """Image tower + language tower. ``embed_*`` return raw (N, 3, d) tensors with gradients (for
+    training and importance); ``encode_*`` return normalised float32 vectors for retrieval."""
+
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab = vocab
+        self.image_tower = ImageTower(cfg)
+        self.language_tower = LanguageTower(cfg, len(vocab))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return 3 * self.cfg.slot_dim
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels (B, 3, H, W) -> raw slot embeddings (B, 3, d)."""
+        return self.image_tower(pixels)
+
+    def embed_facts(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (F, 3, L), slot mask (F, 3) -> raw slot embeddings (F, 3, d)."""
+        return self.language_tower(tokens, mask)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
+        """uint8 tensors (B, 3, H, W) at the model's size, or PIL images -> (B, 3*d) float32 on CPU."""
+        if not isinstance(images, torch.Tensor):
+            images = torch.stack([torch.from_numpy(_pil_to_array(im, self.cfg.image_size)).permute(2, 0, 1) for im in images])
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = to_model_input(images[start : start + batch_size].to(self.device))
+            out.append(normalize_slots(self.embed_images(x)).float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros((0, self.dim))
+
+    @torch.no_grad()
+    def encode_facts(self, facts: Sequence[Fact]) -> torch.Tensor:
+        """Facts -> (F, 3*d) float32 on CPU; unknown words map to the shared unknown-word vector."""
+        was_training = self.training
+        self.eval()
+        tokens, mask = self.vocab.encode(facts)
+        emb = self.embed_facts(tokens.to(self.device), mask.to(self.device))
+        self.train(was_training)
+        return normalize_slots(emb, mask.to(self.device)).float().cpu()
+
+    def encode_image_files(self, paths: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Image files -> (N, 3*d); unreadable files raise UserError naming the file."""
+        arrays = [torch.from_numpy(load_image(p, self.cfg.image_size)).permute(2, 0, 1) for p in paths]
+        return self.encode_images(torch.stack(arrays), batch_size=batch_size)
+
+
+def _pil_to_array(img: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def create_model(cfg: ModelConfig, vocab: Vocabulary) -> FactModel:
+    """The one way models get built."""
+    return FactModel(cfg, vocab)

@@ -1,0 +1,52 @@
+"""Query a trained run by image: the top-k facts from the FAISS fact index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+from .retrieval.index import FactIndex
+from .run import RunDir
+from .train import resolve_device
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no images in folder {p}")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"image not found: {p}")
+    return out
+
+
+def query_images(run_dir: str, images: list[str], top_k: int = 5, all_facts: bool = False, device: str = "cpu") -> list[dict]:
+    """Per image: ``{"image": path, "facts": [{"fact": "<s, p, o>", "slots": [...], "score": cos}]}``.
+
+    Candidates are the facts of the tasks trained so far (``all_facts``: every fact of the run).
+    """
+    run = RunDir(run_dir)
+    model, task = run.load_model(None, resolve_device(device))
+    facts = run.facts()
+    if all_facts:
+        ids = list(range(len(facts)))
+    else:
+        tasks = run.tasks()
+        upto = [t.name for t in tasks].index(task) + 1
+        ids = sorted({f for t in tasks[:upto] for f in t.facts})
+    paths = expand_images(images)
+    index = FactIndex(model.encode_facts([facts[i] for i in ids]).numpy(), fact_ids=ids)
+    scores, found = index.search(model.encode_image_files([str(p) for p in paths]).numpy(), top_k)
+    return [
+        {"image": str(p), "facts": [{"fact": str(facts[int(f)]), "slots": list(facts[int(f)].slots), "score": float(s)}
+                                    for s, f in zip(srow, frow) if f >= 0]}
+        for p, srow, frow in zip(paths, scores, found)
+    ]
