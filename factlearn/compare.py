@@ -1,29 +1,140 @@
-"""Side-by-side comparison of runs from their metrics.json."""
+"""Side-by-side comparison of runs from their metrics.json: a table and PNG plots."""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
 from .errors import UserError
+from .io import atomic_path
+from .retrieval.metrics import sequence_metrics
 from .run import RunDir
 
 
-def compare_table(run_dirs: list[str], metrics: list[str], protocol: str | None = None) -> str:
-    """Markdown table: one row per run, final metric per task after the last task, and the mean."""
-    docs = []
+@dataclass
+class _Run:
+    path: str
+    label: str  # unique among the compared runs, safe in a file name
+    method: str
+    protocol: str
+    tasks: list[str]
+    block: dict  # metrics.json's block of the protocol: matrix, final, sequence
+
+    def sequence(self, metric: str) -> dict:
+        # Runs written before metrics.json had a sequence block: derive it from the matrix.
+        return self.block.get("sequence", {}).get(metric) or sequence_metrics(self.block["matrix"][metric])
+
+
+def _load_runs(run_dirs: list[str], protocol: str | None) -> list[_Run]:
+    runs = []
     for path in run_dirs:
         run = RunDir(path)
         run.require()
         doc = run.read_json("metrics.json")
+        if protocol and protocol not in doc.get("protocols", {}):
+            raise UserError(f"{run.file('metrics.json')} has no {protocol} protocol")
         block = doc["protocols"][protocol] if protocol else doc
-        docs.append((path, doc, block))
-    tasks = docs[0][1]["tasks"]
-    for path, doc, _ in docs:
-        if doc["tasks"] != tasks:
-            raise UserError(f"{path}: tasks {doc['tasks']} differ from {docs[0][0]}'s {tasks}")
-    header = ["run", "method"] + [f"{t} {m}" for m in metrics for t in tasks] + [f"mean {m}" for m in metrics]
+        runs.append(_Run(path, "", doc["method"], protocol or doc["protocol"], doc["tasks"], block))
+    for run in runs[1:]:
+        if run.tasks != runs[0].tasks:
+            raise UserError(f"{run.path}: tasks {run.tasks} differ from {runs[0].path}'s {runs[0].tasks}")
+    names = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(r.path).resolve().name) or "run" for r in runs]
+    for i, run in enumerate(runs):
+        run.label = names[i] if names.count(names[i]) == 1 else f"{i + 1}_{names[i]}"
+    return runs
+
+
+def compare_table(run_dirs: list[str], metrics: list[str], protocol: str | None = None) -> str:
+    """Markdown table, one row per run: each task's final metric after the last task trained,
+    then per metric the average accuracy over the tasks trained and BWT (metrics.json's
+    ``sequence`` block; BWT < 0 means forgetting, ``-`` when only one task was trained)."""
+    runs = _load_runs(run_dirs, protocol)
+    tasks = runs[0].tasks
+    header = ["run", "method"] + [f"{t} {m}" for m in metrics for t in tasks]
+    header += [f"{stat} {m}" for m in metrics for stat in ("avg", "BWT")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for path, doc, block in docs:
-        cells = [path, doc["method"]]
-        cells += [f"{block['final'][t][m]:.3f}" for m in metrics for t in tasks]
-        cells += [f"{sum(block['final'][t][m] for t in tasks) / len(tasks):.3f}" for m in metrics]
+    for run in runs:
+        cells = [run.path, run.method]
+        cells += [_cell(run.block["final"][t][m]) for m in metrics for t in tasks]
+        cells += [_cell(run.sequence(m)[key]) for m in metrics for key in ("average", "bwt")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare_plots(run_dirs: list[str], out_dir: str | Path, metrics: list[str], protocol: str | None = None) -> list[Path]:
+    """PNG plots of the compared runs, one set per metric; returns the files written.
+
+    - ``<run>_<metric>_matrix.png`` per run: the accuracy matrix as a heatmap, row i = after
+      training task i, column j = evaluated on task j, values annotated.
+    - ``sequence_<metric>.png``: one subplot per task, its accuracy after each task trained,
+      one line per run; the dashed line marks where that task was trained.
+    """
+    runs = _load_runs(run_dirs, protocol)
+    out_dir = Path(out_dir)
+    written = []
+    for metric in metrics:
+        for run in runs:
+            written.append(_save(_matrix_figure(run, metric), out_dir / f"{run.label}_{metric}_matrix.png"))
+        written.append(_save(_sequence_figure(runs, metric), out_dir / f"sequence_{metric}.png"))
+    return written
+
+
+def _matrix_figure(run: _Run, metric: str):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    acc = np.array(run.block["matrix"][metric], dtype=float)  # (tasks trained, tasks evaluated)
+    rows, cols = acc.shape
+    fig = Figure(figsize=(1.1 * cols + 2.2, 0.9 * rows + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i in range(rows):
+        for j in range(cols):
+            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if acc[i, j] > 0.6 else "white")
+    ax.set_xticks(range(cols), run.tasks[:cols])
+    ax.set_yticks(range(rows), run.tasks[:rows])
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("after training")
+    ax.set_title(f"{run.label} ({run.method}): {metric}, {run.protocol}", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def _sequence_figure(runs: list[_Run], metric: str):
+    from matplotlib.figure import Figure
+
+    tasks = runs[0].tasks
+    ncols = min(len(tasks), 4)
+    nrows = math.ceil(len(tasks) / ncols)
+    fig = Figure(figsize=(3.2 * ncols, 2.8 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for j, (ax, task) in enumerate(zip(axes, tasks)):
+        for run in runs:
+            acc = [row[j] for row in run.block["matrix"][metric]]  # task j after each task trained
+            ax.plot(range(len(acc)), acc, marker="o", label=f"{run.method} ({run.label})")
+        ax.axvline(j, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(task)
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_xlabel("after training")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel(metric)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
+    fig.suptitle(f"{metric} of each task across the sequence ({runs[0].protocol})")
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _cell(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
-from .retrieval.index import FactIndex
+from .retrieval.index import FactIndex, sized_options
 from .run import RunDir
 from .train import resolve_device
 
@@ -28,10 +28,14 @@ def expand_images(paths: list[str]) -> list[Path]:
     return out
 
 
-def query_images(run_dir: str, images: list[str], top_k: int = 5, all_facts: bool = False, device: str = "cpu") -> list[dict]:
+def query_images(
+    run_dir: str, images: list[str], top_k: int = 5, all_facts: bool = False, device: str = "cpu",
+    index_kind: str = "flat",
+) -> list[dict]:
     """Per image: ``{"image": path, "facts": [{"fact": "<s, p, o>", "slots": [...], "score": cos}]}``.
 
-    Candidates are the facts of the tasks trained so far (``all_facts``: every fact of the run).
+    Candidates are the facts of the tasks trained so far (``all_facts``: every fact of the run),
+    searched through a ``index_kind`` FactIndex (flat: exact; hnsw, ivf: approximate).
     """
     run = RunDir(run_dir)
     model, task = run.load_model(None, resolve_device(device))
@@ -43,7 +47,8 @@ def query_images(run_dir: str, images: list[str], top_k: int = 5, all_facts: boo
         upto = [t.name for t in tasks].index(task) + 1
         ids = sorted({f for t in tasks[:upto] for f in t.facts})
     paths = expand_images(images)
-    index = FactIndex(model.encode_facts([facts[i] for i in ids]).numpy(), fact_ids=ids)
+    index = FactIndex(model.encode_facts([facts[i] for i in ids]).numpy(), fact_ids=ids, kind=index_kind,
+                      **sized_options(index_kind, len(ids)))
     scores, found = index.search(model.encode_image_files([str(p) for p in paths]).numpy(), top_k)
     return [
         {"image": str(p), "facts": [{"fact": str(facts[int(f)]), "slots": list(facts[int(f)].slots), "score": float(s)}

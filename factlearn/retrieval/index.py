@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,20 @@ DEFAULT_OPTIONS: dict[str, dict[str, int]] = {
     "hnsw": {"M": 32, "ef_search": 128, "ef_construction": 200},
     "ivf": {"nlist": 100, "nprobe": 10},
 }
+
+
+def sized_options(kind: str, n: int) -> dict[str, int]:
+    """Defaults for an index over ``n`` facts, where they differ from ``DEFAULT_OPTIONS``.
+
+    IVF's 100 lists suit large fact tables; a task's candidates number tens to hundreds, which
+    would only get the lists capped with warnings. Here ``nlist`` follows FAISS's k-means rule
+    of about 39 facts per list (at least 1, at most the default) and ``nprobe`` is capped at it.
+    Other kinds get ``{}``. Pass the result before the caller's own options so those win.
+    """
+    if kind != "ivf":
+        return {}
+    nlist = max(1, min(DEFAULT_OPTIONS["ivf"]["nlist"], n // 39))
+    return {"nlist": nlist, "nprobe": min(DEFAULT_OPTIONS["ivf"]["nprobe"], nlist)}
 
 # Extra neighbours fetched beyond k so that a tie group at the k-th place is usually
 # complete in one search; when it is not, the search is repeated with twice as many.
@@ -64,7 +78,7 @@ class FactIndex:
         kind: str = "flat",
         **options: int,
     ):
-        x = _normalised(embeddings, "embeddings")  # (F, D)
+        x = normalised_rows(embeddings, "embeddings")  # (F, D)
         n, dim = x.shape
         if n == 0:
             raise ValueError("embeddings: expected at least one fact, got shape (0, D)")
@@ -74,7 +88,8 @@ class FactIndex:
             options["nprobe"] = _capped(options, "nprobe", options["nlist"], "nlist")
         index = _build(kind, dim, options)
         if kind == "ivf":
-            if n < 39 * options["nlist"]:  # FAISS's own rule of thumb for k-means
+            # FAISS's own rule of thumb for k-means (one list needs no clustering)
+            if options["nlist"] > 1 and n < 39 * options["nlist"]:
                 logger.warning("ivf: %d facts for %d lists; k-means wants about 39 per list", n, options["nlist"])
             index.train(x)
         index.add(x)
@@ -110,7 +125,7 @@ class FactIndex:
         """
         if k < 1:
             raise ValueError(f"k: expected a positive number of neighbours, got {k}")
-        q = _normalised(queries, "queries")  # (Q, D)
+        q = normalised_rows(queries, "queries")  # (Q, D)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries: expected shape (Q, {self.dim}), got {q.shape}")
         n = len(self)
@@ -153,8 +168,10 @@ class FactIndex:
             "dim": self.dim,
             "fact_ids": self.fact_ids.tolist(),
         }
-        _atomic_write(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(meta)))
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
+        with atomic_path(_sidecar(path)) as tmp:
+            tmp.write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FactIndex":
@@ -195,7 +212,9 @@ class FactIndex:
         return loaded
 
 
-def _normalised(x: np.ndarray, name: str) -> np.ndarray:
+def normalised_rows(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """A float32 C-contiguous copy of the (rows, D) array ``x`` with L2-normalised rows, as the
+    index stores and searches them (zero rows stay zero); ``name`` labels shape errors."""
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (rows, D), got shape {x.shape}")
@@ -262,13 +281,3 @@ def _set_search_options(index: faiss.Index, kind: str, options: dict[str, int]) 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
