@@ -63,6 +63,9 @@ class SplitConfig:
     tasks: int = 2
     seed: int = 0
     test_fraction: float = 0.3  # for manifest rows without a train/test split
+    # A task file (`factlearn split`, `factlearn data import sherlock`) naming each task's facts;
+    # when set, kind and tasks are not used. See factlearn/data/splits.py for the format.
+    tasks_file: str | None = None
 
 
 @dataclass
@@ -70,12 +73,22 @@ class MethodConfig:
     """The continual-learning method and its options (only those the method uses matter)."""
 
     name: str = "finetune"
-    lam: float = 1.0  # penalty strength lambda
-    accumulate: str = "sum"  # importance across tasks: sum (MAS authors) | blend
+    lam: float = 1.0  # penalty strength lambda (lwf: weight of the distillation term)
+    accumulate: str = "sum"  # importance across tasks (mas, lmas, ewc, si): sum (MAS authors) | blend
     alpha: float = 0.5  # blend factor: alpha * old + (1 - alpha) * new
     importance: str = "exact"  # MAS: exact per-sample |grad| | batch (|grad of batch sum|, faster, smaller)
-    importance_batch_size: int = 64
+    importance_batch_size: int = 64  # samples per vmap call (MAS, l-MAS, EWC Fisher)
     max_importance_samples: int | None = None  # cap on samples for importance (None = all)
+    # mas, lmas: unlabeled images for the IMAGE tower's importance (a data directory / manifest, whose
+    # facts are ignored, or a folder of images); the language tower's still comes from the task's
+    # facts. None = the task's own training images (MAS paper, Sec. 5: importance on test conditions).
+    importance_data: str | None = None
+    # online_ewc: Fisher decay, F <- gamma * F + F_task, one anchor (Schwarz et al. 2018, "Progress &
+    # Compress", online EWC). The paper gives no universal value; 1.0 makes it equal to ewc here.
+    gamma: float = 0.9
+    # si: damping xi in Omega += w / (Delta^2 + xi) (Zenke et al. 2017, Eq. 5). 0.1 as in FACIL's SI;
+    # the paper used 1e-3 on MNIST/CIFAR, where parameters move further per task.
+    xi: float = 0.1
 
 
 @dataclass

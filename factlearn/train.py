@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Config
-from .continual import Method, TaskData, create_method
+from .continual import Method, StepBatch, TaskData, create_method
 from .data.images import load_images, to_model_input
 from .data.manifest import Dataset, load_dataset
-from .data.splits import Task, image_splits, make_split, save_split
+from .data.splits import Task, image_splits, load_tasks_file, make_split, save_split
 from .errors import UserError
 from .evaluate import evaluate_tasks
 from .facts import matches
@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("standard", "generalized")
 METRICS = ("top1", "top5", "top10", "mrr")
+RETRIEVAL_METRICS = ("map", "map@100")
+FINAL_EXTRAS = RETRIEVAL_METRICS + ("by_order", "n")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -53,7 +55,10 @@ class Session:
 
     def __init__(self, dataset: Dataset, cfg: Config, seed: int, device: torch.device, progress: bool):
         self.dataset, self.cfg, self.seed, self.device, self.progress = dataset, cfg, seed, device, progress
-        self.tasks = make_split(dataset, cfg.split.kind, cfg.split.tasks, cfg.split.seed)
+        if cfg.split.tasks_file is not None:
+            self.tasks = load_tasks_file(cfg.split.tasks_file, dataset).tasks
+        else:
+            self.tasks = make_split(dataset, cfg.split.kind, cfg.split.tasks, cfg.split.seed)
         self.is_test = image_splits(dataset, cfg.split.test_fraction, cfg.split.seed)
         self.fact_ids = np.array(dataset.fact_ids())
         self.vocab = Vocabulary(dataset.facts.words())
@@ -67,11 +72,43 @@ class Session:
     def rows(self, task: Task, test: bool) -> np.ndarray:
         return np.flatnonzero(np.isin(self.fact_ids, task.facts) & (self.is_test == test))
 
+    def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """targets (N,): each row's fact as an index into ``facts``; exclude (F, F) bool: candidates
+        also true of a fact under the wildcard rule, either way (neither positives nor negatives)."""
+        table = self.dataset.facts
+        local = {f: i for i, f in enumerate(facts)}
+        targets = torch.tensor([local[f] for f in self.fact_ids[rows]], dtype=torch.long)
+        exclude = torch.tensor(
+            [[a != b and (matches(table[a], table[b]) or matches(table[b], table[a])) for b in facts] for a in facts]
+        )
+        return targets, exclude
+
+    def stage(self, t: int) -> Task:
+        """What training step t learns: task t, or for joint training the union of tasks 1..t."""
+        if not self.method.rehearses_all:
+            return self.tasks[t]
+        return Task(self.tasks[t].name, sorted(f for task in self.tasks[: t + 1] for f in task.facts))
+
     def task_data(self, task: Task) -> TaskData:
         rows = self.rows(task, test=False)
         cap = self.cfg.method.max_importance_samples
         if cap is not None and len(rows) > cap:
             rows = np.sort(np.random.default_rng([self.seed, 7]).choice(rows, cap, replace=False))
+        targets, exclude = self.labels(task.facts, rows)
+        fact_tokens = self.tokens[task.facts].to(self.device)
+        fact_mask = self.slot_mask[task.facts].to(self.device)
+
+        def labeled(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(rows), batch_size):
+                tg = targets[start : start + batch_size]
+                yield (
+                    to_model_input(self.images[rows[start : start + batch_size]].to(self.device)),
+                    tg.to(self.device),
+                    exclude[tg].to(self.device),
+                )
+
+        def loss(img: torch.Tensor, fact: torch.Tensor, tg: torch.Tensor, exc: torch.Tensor) -> torch.Tensor:
+            return fact_loss(img, fact, fact_mask, tg, exc, self.cfg.loss)
 
         def batches(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             for start in range(0, len(rows), batch_size):
@@ -83,22 +120,17 @@ class Session:
                     self.slot_mask[fids].to(self.device),
                 )
 
-        return TaskData(task.name, len(rows), batches)
+        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss)
 
     def train_task(self, t: int) -> None:
         task, cfg, model = self.tasks[t], self.cfg.train, self.model
-        rows = self.rows(task, test=False)
+        stage = self.stage(t)  # the task itself, or the union so far for joint training
+        rows = self.rows(stage, test=False)
         if len(rows) == 0:
             raise UserError(f"task {task.name} has no training images after the split")
-        facts = self.dataset.facts
-        local = {f: i for i, f in enumerate(task.facts)}
-        targets_all = torch.tensor([local[f] for f in self.fact_ids[rows]])
-        # (F_t, F_t): candidates also true of an image's fact under the wildcard rule, either way
-        exclude_all = torch.tensor(
-            [[a != b and (matches(facts[a], facts[b]) or matches(facts[b], facts[a])) for b in task.facts] for a in task.facts]
-        )
-        fact_tokens = self.tokens[task.facts].to(self.device)
-        fact_mask = self.slot_mask[task.facts].to(self.device)
+        targets_all, exclude_all = self.labels(stage.facts, rows)  # (N,), (F_t, F_t)
+        fact_tokens = self.tokens[stage.facts].to(self.device)
+        fact_mask = self.slot_mask[stage.facts].to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -118,7 +150,7 @@ class Session:
                 img = model.embed_images(x)  # (B, 3, d)
                 fact = model.embed_facts(fact_tokens, fact_mask)  # (F_t, 3, d)
                 loss = fact_loss(img, fact, fact_mask, targets, exclude_all[targets_all[sel]].to(self.device), self.cfg.loss)
-                penalty = self.method.penalty(model)
+                penalty = self.method.penalty(model, StepBatch(x, fact_tokens, fact_mask, image_emb=img, fact_emb=fact))
                 total = loss if penalty is None else loss + penalty
                 if not torch.isfinite(total):
                     raise UserError(
@@ -127,13 +159,16 @@ class Session:
                     )
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                self.method.before_step(model)
                 opt.step()
+                self.method.after_step(model)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", penalty=f"{0.0 if penalty is None else penalty.item():.3f}")
         bar.close()
         self.method.after_task(model, self.task_data(task))
 
-    def evaluate(self, trained: int, protocol: str) -> dict[str, dict[str, float]]:
+    def evaluate(self, trained: int, protocol: str) -> dict[str, dict]:
+        """Every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat index."""
         rows = np.flatnonzero(self.is_test)
         return evaluate_tasks(
             self.model, self.dataset.facts, self.tasks, self.images[rows], self.fact_ids[rows], trained,
@@ -142,16 +177,23 @@ class Session:
 
 
 def metrics_document(method: str, protocol: str, tasks: list[Task], rows: dict[str, list[dict]]) -> dict:
-    """metrics.json: per protocol, matrix[m][i][j] = metric m on task j after training task i."""
+    """metrics.json: per protocol, matrix[m][i][j] = metric m on task j after training task i.
+
+    ``final[task]`` holds the last row's METRICS plus whichever of FINAL_EXTRAS it has (rows
+    restored from an older checkpoint may lack them); matrix and sequence cover METRICS plus
+    the RETRIEVAL_METRICS present in every row.
+    """
     names = [t.name for t in tasks]
     doc: dict = {"method": method, "protocol": protocol, "tasks": names, "protocols": {}}
     for proto, per_task_rows in rows.items():
-        matrix = {m: [[row[n][m] for n in names] for row in per_task_rows] for m in METRICS}
+        every = [row[n] for row in per_task_rows for n in names]
+        keys = METRICS + tuple(m for m in RETRIEVAL_METRICS if all(m in r for r in every))
+        matrix = {m: [[row[n][m] for n in names] for row in per_task_rows] for m in keys}
         last = per_task_rows[-1]
         doc["protocols"][proto] = {
             "matrix": matrix,
-            "final": {n: {m: last[n][m] for m in METRICS} for n in names},
-            "sequence": {m: sequence_metrics(matrix[m]) for m in METRICS},
+            "final": {n: {m: last[n][m] for m in METRICS + FINAL_EXTRAS if m in last[n]} for n in names},
+            "sequence": {m: sequence_metrics(matrix[m]) for m in keys},
         }
     doc.update(doc["protocols"][protocol])
     return doc

@@ -5,20 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-TINY = {
-    "model": {
-        "backbone": "resnet",
-        "backbone_config": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-        "image_size": 32,
-        "slot_dim": 16,
-        "word_dim": 16,
-        "text_hidden": 32,
-    },
-    "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
-    "method": {"lam": 1.0, "importance_batch_size": 8},
-}
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +19,5 @@ def tiny_world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
+def tiny_config() -> Path:
+    return TINY_CONFIG

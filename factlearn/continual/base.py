@@ -1,9 +1,20 @@
 """The interface every continual-learning method implements.
 
-A method is an object with three hooks called by the training loop (FACIL-style):
-``before_task`` → ``penalty`` (a loss term, every step) → ``after_task``. Its state is a flat dict
-of tensors keyed ``"<kind>.<parameter name>"`` (names from ``model.named_parameters()``), saved
-with every checkpoint as safetensors and restored on resume.
+A method is an object with hooks called by the training loop (FACIL-style)::
+
+    before_task(model, task)
+    for every step:
+        penalty(model, batch)   # a loss term added to the task loss (None = nothing)
+        (backward)
+        before_step(model)      # gradients are in p.grad, parameters not yet updated
+        (optimizer step)
+        after_step(model)       # parameters updated
+    after_task(model, task)
+
+Its state is a flat dict of tensors keyed ``"<kind>.<parameter name>"`` (names from
+``model.named_parameters()``), saved with every checkpoint as safetensors and restored on resume.
+A method whose ``rehearses_all`` is True (joint training) is trained on the union of the tasks
+seen so far instead of the current task alone.
 """
 
 from __future__ import annotations
@@ -28,12 +39,38 @@ class TaskData:
     name: str
     num_samples: int
     batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    # The labels, for methods that need the task loss (EWC's Fisher). ``labeled`` yields
+    # (pixels (B, 3, H, W), targets (B,) index into ``facts``, exclude (B, F_t) bool) over the same
+    # samples in the same order as ``batches``; ``facts`` = the task's fact tokens (F_t, 3, L) and
+    # slot mask (F_t, 3); ``loss(img_raw (B, 3, d), fact_raw (F_t, 3, d), targets, exclude)`` is the
+    # training loss (factlearn.losses.fact_loss with the run's loss config). None for unlabeled data.
+    labeled: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
+    facts: tuple[torch.Tensor, torch.Tensor] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class StepBatch:
+    """What the ``penalty`` hook sees of one training step.
+
+    pixels (B, 3, H, W) normalised; fact_tokens (F_t, 3, L) and fact_mask (F_t, 3) are the facts the
+    step trains against. image_emb (B, 3, d) and fact_emb (F_t, 3, d) are the current model's raw
+    embeddings of them, already computed by the loop (with gradients): a method reuses them instead
+    of a second train-mode forward, which would also update batch-norm statistics twice.
+    """
+
+    pixels: torch.Tensor
+    fact_tokens: torch.Tensor
+    fact_mask: torch.Tensor
+    image_emb: torch.Tensor | None = None
+    fact_emb: torch.Tensor | None = None
 
 
 class Method:
     """Finetuning: no protection. The base of every other method."""
 
     name = "finetune"
+    rehearses_all = False  # True: train on every task seen so far (joint training)
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -43,9 +80,15 @@ class Method:
     def before_task(self, model: nn.Module, task: TaskData) -> None:
         """Called before training on ``task``."""
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+    def penalty(self, model: nn.Module, batch: StepBatch | None = None) -> torch.Tensor | None:
         """A loss term added at every step (None = nothing to add)."""
         return None
+
+    def before_step(self, model: nn.Module) -> None:
+        """Called after ``backward`` and before the optimizer step (``p.grad`` holds the gradient)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called right after the optimizer step."""
 
     def after_task(self, model: nn.Module, task: TaskData) -> None:
         """Called after training on ``task``, with the task's data still at hand."""
@@ -87,18 +130,22 @@ class QuadraticPenalty(Method):
         raise NotImplementedError
 
     def after_task(self, model: nn.Module, task: TaskData) -> None:
-        new = self.importance(model, task)
-        old = self._get("omega")
-        if old and self.cfg.accumulate == "blend":
-            a = self.cfg.alpha
-            omega = {n: a * old[n] + (1 - a) * new[n] for n in new}
-        else:  # sum, as the MAS authors' code does
-            omega = {n: old[n] + new[n] if n in old else new[n] for n in new}
-        self._set("omega", omega)
+        self.accumulate(self.importance(model, task))
         self._set("anchor", {n: p.detach().clone() for n, p in trainable(model).items()})
         super().after_task(model, task)
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+    def accumulate(self, new: dict[str, torch.Tensor]) -> None:
+        """Merge ``new`` importance into ``omega``; parameters absent from ``new`` keep theirs."""
+        old = self._get("omega")
+        self._set("omega", {**old, **{n: self.combine(old[n], t) if n in old else t for n, t in new.items()}})
+
+    def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Importance across tasks (``method.accumulate``)."""
+        if self.cfg.accumulate == "blend":
+            return self.cfg.alpha * old + (1 - self.cfg.alpha) * new
+        return old + new  # sum, as the MAS authors' code does
+
+    def penalty(self, model: nn.Module, batch: StepBatch | None = None) -> torch.Tensor | None:
         omega, anchor = self._get("omega"), self._get("anchor")
         if not omega:
             return None

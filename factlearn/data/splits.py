@@ -4,19 +4,37 @@ A split cuts the FACTS into disjoint tasks; every image follows its fact, so one
 never straddle two tasks. Within a task, images keep the manifest's train/test split; rows with
 none are assigned per fact with a seeded draw (at least one train and one test image per fact
 when the fact has two or more).
+
+Task files (``factlearn split``, ``factlearn data import sherlock``, ``train --tasks-file``) name
+facts by their slots, not by id, since ids belong to the fact table of a run:
+
+    {"kind": "random", "seed": 0,
+     "tasks": [{"name": "B1", "facts": [["dog", null, null], ["man", "riding", "horse"]],
+                "adaptation": {"B11": ["images/a.png", ...], "B12": [...]}}, ...],
+     "monitored": {"sports": [["man", "playing", "ball"], ...]}}
+
+A fact is ``[S, P, O]`` with null for a missing slot (shorter lists and ``"<S, P, O>"`` text are
+also read). ``adaptation`` (optional, per task) holds two disjoint halves of the task's training
+images, by path relative to the data directory; ``monitored`` (optional) names groups of facts
+to track across the sequence. Any other top-level key (``kind``, ``seed``, ``source``...) is
+information only.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..facts import FactTable
+from ..facts import Fact, FactTable
 from .manifest import Dataset
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,3 +111,163 @@ def load_split(path: Path) -> list[Task]:
         raise UserError(f"split file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"split file {path} is malformed: {exc}") from None
+
+
+# ---- adaptation halves and monitored groups ---------------------------------------------------
+
+def adaptation_halves(dataset: Dataset, task: Task, is_test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a task's TRAINING images into two disjoint halves (B11, B12 for task B1), seeded.
+
+    Importance can then be computed on one half and checked on the other. The cut is by image
+    and per fact (each fact with two or more training images has some in both halves); odd
+    counts give their extra image to the two halves in turn, so the halves differ by at most one.
+
+    Returns:
+        Two sorted arrays of record indices (rows of ``dataset.records``).
+    """
+    fact_ids = np.array(dataset.fact_ids())
+    rng = np.random.default_rng([seed, 11])
+    halves: tuple[list[int], list[int]] = ([], [])
+    extra = 0
+    for fid in sorted(task.facts):
+        rows = rng.permutation(np.flatnonzero((fact_ids == fid) & ~is_test))
+        cut = len(rows) // 2 + (len(rows) % 2 if extra == 0 else 0)
+        extra ^= len(rows) % 2
+        halves[0].extend(int(i) for i in rows[:cut])
+        halves[1].extend(int(i) for i in rows[cut:])
+    return np.array(sorted(halves[0]), dtype=np.int64), np.array(sorted(halves[1]), dtype=np.int64)
+
+
+def adaptation_names(task: Task) -> tuple[str, str]:
+    return f"{task.name}1", f"{task.name}2"
+
+
+def monitored_facts(dataset: Dataset, group: str) -> list[int]:
+    """The fact ids of a semantic group (the manifest's ``group``), to track across a sequence."""
+    groups = dataset.groups()
+    ids = [i for i, fact in enumerate(dataset.facts.facts) if groups.get(fact) == group]
+    if not ids:
+        known = sorted({g for g in groups.values() if g is not None})
+        raise UserError(f"no facts in group {group!r} (groups: {', '.join(known) or 'none'})")
+    return ids
+
+
+# ---- task files -------------------------------------------------------------------------------
+
+@dataclass
+class TaskFile:
+    """A task sequence with its optional adaptation halves and monitored groups, as ids of one data set."""
+
+    tasks: list[Task]
+    info: dict = field(default_factory=dict)  # kind, seed, source...: information only
+    adaptation: dict[str, list[int]] = field(default_factory=dict)  # "B11" -> record indices
+    monitored: dict[str, list[int]] = field(default_factory=dict)  # group name -> fact ids
+
+
+def save_tasks_file(path: str | Path, task_file: TaskFile, dataset: Dataset) -> None:
+    """Write a task file (see the module docstring), naming facts by slots and images by path."""
+    from ..io import atomic_write_text
+
+    table, names = dataset.facts, [_image_name(r.image, dataset.root) for r in dataset.records]
+    tasks = []
+    for task in task_file.tasks:
+        entry: dict = {"name": task.name, "facts": [list(table[f].slots) for f in task.facts]}
+        halves = {n: task_file.adaptation[n] for n in adaptation_names(task) if n in task_file.adaptation}
+        if halves:
+            entry["adaptation"] = {n: [names[i] for i in rows] for n, rows in halves.items()}
+        tasks.append(entry)
+    doc = {**task_file.info, "tasks": tasks}
+    if task_file.monitored:
+        doc["monitored"] = {g: [list(table[f].slots) for f in ids] for g, ids in task_file.monitored.items()}
+    # one fact per line, so the file stays readable and diffable when edited by hand
+    text = _FACT_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",\n")) + "]",
+                          json.dumps(doc, indent=2))
+    atomic_write_text(path, text + "\n")
+
+
+def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
+    """Read a task file and map its facts and images to ``dataset``'s ids and records.
+
+    Raises:
+        UserError: naming the file, task and entry, for a missing or malformed file, an unknown
+            fact, a fact in two tasks, an empty task or an image not in the data.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"tasks file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read tasks file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
+        raise UserError(f"tasks file {path}: expected an object with a non-empty list 'tasks'")
+    records = {_image_name(r.image, dataset.root): i for i, r in enumerate(dataset.records)}
+    out = TaskFile([], {k: v for k, v in doc.items() if k not in ("tasks", "monitored")})
+    owner: dict[int, str] = {}
+    for n, entry in enumerate(doc["tasks"], start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise UserError(f"tasks file {path}: task {n} needs a non-empty 'name'")
+        name = entry["name"]
+        if any(t.name == name for t in out.tasks):
+            raise UserError(f"tasks file {path}: two tasks are named {name!r}")
+        facts = _fact_ids(entry.get("facts"), dataset.facts, f"tasks file {path}, task {name}")
+        if not facts:
+            raise UserError(f"tasks file {path}, task {name}: no facts")
+        for f in facts:
+            if f in owner:
+                raise UserError(f"tasks file {path}: fact {dataset.facts[f]} is in task {owner[f]} and task {name}")
+            owner[f] = name
+        out.tasks.append(Task(name, sorted(facts)))
+        halves = entry.get("adaptation") or {}
+        if not isinstance(halves, dict):
+            raise UserError(f"tasks file {path}, task {name}: 'adaptation' must map names to image lists")
+        for half, images in halves.items():
+            if not isinstance(images, list):
+                raise UserError(f"tasks file {path}, task {name}, adaptation {half}: expected a list of images")
+            for image in images:
+                if not isinstance(image, str) or image not in records:
+                    raise UserError(f"tasks file {path}, task {name}, adaptation {half}: "
+                                    f"{image!r} is not an image of the data")
+            out.adaptation[half] = sorted(records[i] for i in images)
+    monitored = doc.get("monitored") or {}
+    if not isinstance(monitored, dict):
+        raise UserError(f"tasks file {path}: 'monitored' must map group names to fact lists")
+    for group, facts in monitored.items():
+        out.monitored[group] = sorted(_fact_ids(facts, dataset.facts, f"tasks file {path}, monitored {group}"))
+    unused = len(dataset.facts) - len(owner)
+    if unused:
+        logger.warning("%d facts of the data are in no task of %s and are not trained", unused, path)
+    return out
+
+
+_JSON_SCALAR = r'(?:"(?:[^"\\]|\\.)*"|null)'  # a JSON string or null: a fact slot
+_FACT_LIST = re.compile(rf"\[\n\s*((?:{_JSON_SCALAR},\n\s*){{0,2}}{_JSON_SCALAR})\n\s*\]")  # indented [S, P, O]
+
+
+def _fact_ids(facts: object, table: FactTable, where: str) -> list[int]:
+    if not isinstance(facts, list):
+        raise UserError(f"{where}: 'facts' must be a list of [S, P, O] facts")
+    ids = []
+    for k, raw in enumerate(facts, start=1):
+        try:
+            if isinstance(raw, str):
+                fact = Fact.parse(raw)
+            elif isinstance(raw, list) and 1 <= len(raw) <= 3:
+                fact = Fact(*raw)
+            else:
+                raise ValueError("expected [S, P, O] or \"<S, P, O>\"")
+        except ValueError as exc:
+            raise UserError(f"{where}, fact {k} ({json.dumps(raw)}): {exc}") from None
+        if fact not in table:
+            raise UserError(f"{where}, fact {k}: {fact} is not a fact of the data")
+        ids.append(table.id(fact))
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{where}: a fact is listed twice")
+    return ids
+
+
+def _image_name(image: Path, root: Path) -> str:
+    # Manifest images normally lie inside the data directory; one allowed outside keeps its path.
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)

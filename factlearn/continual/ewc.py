@@ -1,0 +1,96 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017) and online EWC (Schwarz et al. 2018).
+
+Importance is the diagonal of the empirical Fisher of the TASK loss (EWC Eq. 3):
+
+    F_k = 1/N * sum_n ( d L(x_n, y_n) / d theta_k )^2
+
+with L the training loss of image x_n against its true fact y_n among the task's facts (the same
+``fact_loss`` the loop trains with), squared per sample, then averaged; eval mode, no augmentation.
+The penalty is ``lambda * sum_k F_k (theta_k - theta*_k)^2`` (EWC's 1/2 is folded into lambda).
+
+Across tasks, memory stays at one Fisher and one anchor (the parameters after the latest task):
+- ``ewc``: Fishers summed (``method.accumulate``), anchored at the latest parameters. This is the
+  Laplace-propagation form Huszár (PNAS 2018, "Note on the quadratic penalties in EWC") argues for;
+  the original keeps one Fisher and one anchor per task, i.e. memory that grows with the tasks.
+- ``online_ewc``: ``F <- gamma * F + F_task`` (``method.gamma``), Schwarz et al.'s online EWC.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..errors import UserError
+from .base import QuadraticPenalty, TaskData, trainable
+
+logger = logging.getLogger(__name__)
+
+
+def fisher_diagonal(model: nn.Module, task: TaskData, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Empirical Fisher diagonal of every trainable parameter of a FactModel over ``task``.
+
+    Args:
+        model: a :class:`factlearn.model.FactModel`.
+        task: labeled task data (``labeled``, ``facts`` and ``loss`` set).
+        batch_size: samples per vmap call (memory grows as batch_size x parameters).
+    Returns:
+        name -> mean over samples of the squared per-sample gradient of the task loss.
+    """
+    if task.labeled is None or task.facts is None or task.loss is None:
+        raise ValueError(f"task {task.name}: EWC needs labeled task data (labeled, facts, loss)")
+    tokens, mask = task.facts  # (F_t, 3, L), (F_t, 3)
+    params = trainable(model)
+    towers = {"image_tower": model.image_tower, "language_tower": model.language_tower}
+    local = {t: {n[len(t) + 1 :]: p.detach() for n, p in params.items() if n.startswith(t + ".")} for t in towers}
+
+    def sample_loss(p: dict[str, dict[str, torch.Tensor]], pixel, target, exclude) -> torch.Tensor:
+        img = functional_call(towers["image_tower"], p["image_tower"], (pixel.unsqueeze(0),))  # (1, 3, d)
+        fact = functional_call(towers["language_tower"], p["language_tower"], (tokens, mask))  # (F_t, 3, d)
+        return task.loss(img, fact, target.unsqueeze(0), exclude.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    was_training = model.training
+    model.eval()  # deterministic function: batch-norm running statistics
+    n_samples = 0
+    try:
+        for pixels, targets, exclude in task.labeled(batch_size):
+            n_samples += pixels.shape[0]
+            grads = per_sample(local, pixels, targets, exclude)  # tower -> name -> (B, *shape)
+            for t, named in grads.items():
+                for n, g in named.items():
+                    total[f"{t}.{n}"] += g.pow(2).sum(0)
+    finally:
+        model.train(was_training)
+    if n_samples == 0:
+        raise ValueError(f"task {task.name} has no samples to compute the Fisher from")
+    return {n: t / n_samples for n, t in total.items()}
+
+
+class EWC(QuadraticPenalty):
+    """EWC with the Fishers of all tasks summed and one anchor (see the module docstring)."""
+
+    name = "ewc"
+
+    def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        fisher = fisher_diagonal(model, task, self.cfg.importance_batch_size)
+        logger.info("%s Fisher on %s: mean %.3g, max %.3g", self.name, task.name,
+                    torch.stack([f.mean() for f in fisher.values()]).mean(), max(f.max() for f in fisher.values()))
+        return fisher
+
+
+class OnlineEWC(EWC):
+    """Online EWC: the running Fisher decays by ``gamma`` before each task's Fisher is added."""
+
+    name = "online_ewc"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not 0.0 <= cfg.gamma <= 1.0:
+            raise UserError(f"config method.gamma: {cfg.gamma} is not in [0, 1]")
+
+    def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return self.cfg.gamma * old + new

@@ -1,0 +1,66 @@
+"""Importance of a trained run, after the fact: add some from new unlabeled images, or summarise it.
+
+MAS importance needs no labels, so a deployed model can keep protecting what matters where it is
+used: ``add_importance`` computes the image tower's importance on new images and accumulates it
+into the latest checkpoint's method state (``method.accumulate``), without training. The anchor and
+the language tower's importance stay as they are (unlabeled images carry no facts).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..run import RunDir, read_tensors
+from . import create_method
+from .unlabeled import IMAGE_TOWER, DataImportance, image_paths, unlabeled_task
+
+logger = logging.getLogger(__name__)
+
+
+def add_importance(run_dir: str | Path, images: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Accumulate image-tower importance from ``images`` into the run's latest checkpoint.
+
+    Args:
+        run_dir: a run directory trained with a label-free importance method (mas, lmas).
+        images: a folder of images, or a data directory / manifest (its facts are ignored).
+        device: where to compute.
+    Returns:
+        ``{"checkpoint": task name, "images": number of images used, "source": str(images)}``.
+    """
+    run = RunDir(run_dir)
+    model, task = run.load_model(None, device)
+    cfg = run.config().method
+    method = create_method(cfg)
+    if not isinstance(method, DataImportance):
+        raise UserError(f"{run.path}: method {cfg.name!r} cannot take importance from unlabeled images "
+                        "(only mas and lmas can: their importance needs no labels)")
+    folder = run.checkpoint(task)
+    method.load_state_dict(read_tensors(folder / "method.safetensors"), model.device)
+    data = unlabeled_task(image_paths(images), model.cfg.image_size, model.device, cfg.max_importance_samples,
+                          name=str(images))
+    method.accumulate(method.tower_importance(model, data, (IMAGE_TOWER,)))
+    state = run.read_json(f"checkpoints/{task}/state.json")
+    state.setdefault("importance_added", []).append({"source": str(images), "images": data.num_samples})
+    run.save_checkpoint(task, model, method, state)
+    logger.info("added importance from %d images of %s to checkpoint %s", data.num_samples, images, task)
+    return {"checkpoint": task, "images": data.num_samples, "source": str(images)}
+
+
+def importance_summary(run_dir: str | Path, task: str | None = None) -> list[dict]:
+    """Per parameter of a checkpoint (default: the latest): name, numel, mean and max of omega."""
+    run = RunDir(run_dir)
+    run.require()
+    done = run.completed()
+    if not done:
+        raise UserError(f"{run.path} has no completed task yet")
+    task = task or done[-1]
+    state = read_tensors(run.checkpoint(task) / "method.safetensors")
+    omega = {k[len("omega.") :]: v for k, v in state.items() if k.startswith("omega.")}
+    if not omega:
+        raise UserError(f"{run.path}: method {run.config().method.name!r} keeps no importance (omega)")
+    return [{"name": n, "numel": o.numel(), "mean": float(o.float().mean()), "max": float(o.float().max())}
+            for n, o in sorted(omega.items())]

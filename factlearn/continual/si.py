@@ -1,0 +1,75 @@
+"""Synaptic Intelligence (Zenke, Poole, Ganguli, ICML 2017, arXiv 1703.04200).
+
+During a task, every optimizer step adds to a per-parameter path integral (SI Eq. 3, discretised):
+
+    w_k += -g_k * (theta_k(after step) - theta_k(before step))
+
+g is the gradient of the TASK loss only, without the SI penalty, as in the authors' code (their
+``unreg_grads``): the penalty's own pull towards the anchor would otherwise count as "work done
+for the task". The loop's ``p.grad`` holds the gradient of task loss + penalty; the penalty's part
+is known in closed form, ``2 * lambda * Omega * (theta - theta*)``, and is subtracted.
+
+At the end of the task (SI Eq. 5), with Delta_k the parameter's total change over the task:
+
+    Omega_k += max(0, w_k / (Delta_k^2 + xi))
+
+The max(0, .) is ours: with momentum optimisers the path integral of a parameter can come out
+negative, and a negative Omega would turn the penalty into a reward for drifting away.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import QuadraticPenalty, TaskData, trainable
+
+
+class SI(QuadraticPenalty):
+    """State: ``omega``/``anchor`` as every quadratic penalty; the running path integral and the
+    parameters at the task's start live only during a task (checkpoints are taken between tasks)."""
+
+    name = "si"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.xi <= 0:
+            raise UserError(f"config method.xi: {cfg.xi} must be > 0")
+        self._start: dict[str, torch.Tensor] = {}  # theta at the start of the task
+        self._w: dict[str, torch.Tensor] = {}  # path integral
+        self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None  # (theta, g) before a step
+
+    def before_task(self, model: nn.Module, task: TaskData) -> None:
+        params = trainable(model)
+        self._start = {n: p.detach().clone() for n, p in params.items()}
+        self._w = {n: torch.zeros_like(p) for n, p in params.items()}
+        super().before_task(model, task)
+
+    def before_step(self, model: nn.Module) -> None:
+        params = trainable(model)
+        omega, anchor = self._get("omega"), self._get("anchor")
+        grads = {}
+        for n, p in params.items():
+            g = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+            if n in omega:  # remove the penalty's gradient: task loss only
+                g -= 2 * self.cfg.lam * omega[n] * (p.detach() - anchor[n])
+            grads[n] = g
+        self._step = ({n: p.detach().clone() for n, p in params.items()}, grads)
+
+    def after_step(self, model: nn.Module) -> None:
+        if self._step is None:
+            return
+        before, grads = self._step
+        for n, p in trainable(model).items():
+            self._w[n] -= grads[n] * (p.detach() - before[n])  # SI Eq. 3
+        self._step = None
+
+    def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        if not self._w:
+            raise RuntimeError("SI.after_task without before_task: the path integral was never started")
+        params = trainable(model)
+        omega = {n: (self._w[n] / ((p.detach() - self._start[n]) ** 2 + self.cfg.xi)).clamp(min=0)  # SI Eq. 5
+                 for n, p in params.items()}
+        self._w, self._start = {}, {}
+        return omega

@@ -1,0 +1,102 @@
+"""Importance from unlabeled images: the MAS family needs no labels (MAS paper, Sec. 5).
+
+MAS and l-MAS measure how much each parameter changes the model's OUTPUT, not its loss, so the
+image tower's importance can come from any images, e.g. from the conditions the model will be
+tested in. The language tower needs facts, which unlabeled images do not have: its importance
+keeps coming from the task's own facts (``method.importance_data``, ``factlearn importance``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.images import load_images, to_model_input
+from ..data.manifest import MANIFEST_NAMES, load_dataset
+from ..errors import UserError
+from .base import QuadraticPenalty, TaskData
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOWER, LANGUAGE_TOWER = "image_tower", "language_tower"
+TOWERS = (IMAGE_TOWER, LANGUAGE_TOWER)
+
+
+def image_paths(source: str | Path) -> list[Path]:
+    """The images of a data directory or manifest file (facts ignored), or of a folder of images."""
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"importance data not found: {path}")
+    is_manifest = path.name in MANIFEST_NAMES if path.is_file() else any((path / n).is_file() for n in MANIFEST_NAMES)
+    if is_manifest:
+        return [r.image for r in load_dataset(path).records]
+    from ..query import expand_images  # imported here: factlearn.query imports the run (and this package)
+
+    return expand_images([str(path)])
+
+
+def unlabeled_task(
+    paths: list[Path], image_size: int, device: torch.device | str, cap: int | None = None, seed: int = 0,
+    name: str = "unlabeled",
+) -> TaskData:
+    """Decode ``paths`` once (at most ``cap``, a seeded subset) into a TaskData without facts.
+
+    Its batches carry empty facts (tokens (B, 3, 1) of padding, slot mask (B, 3) of zeros): the
+    language tower's output on them is zero, so only the image tower's importance is meaningful.
+    """
+    if cap is not None and len(paths) > cap:
+        keep = np.sort(np.random.default_rng([seed, 7]).choice(len(paths), cap, replace=False))
+        paths = [paths[i] for i in keep]
+    images = load_images(paths, image_size)  # (N, 3, S, S) uint8, on CPU
+    logger.info("importance data: %d unlabeled images", len(paths))
+
+    def batches(batch_size: int):
+        for start in range(0, len(images), batch_size):
+            x = to_model_input(images[start : start + batch_size].to(device))
+            b = x.shape[0]
+            yield x, torch.zeros((b, 3, 1), dtype=torch.long, device=device), torch.zeros((b, 3), device=device)
+
+    return TaskData(name, len(images), batches)
+
+
+class DataImportance(QuadraticPenalty):
+    """A quadratic penalty whose importance needs no labels, computed tower by tower (MAS, l-MAS).
+
+    With ``method.importance_data`` the image tower's importance comes from those images and the
+    language tower's from the task's facts; without it both come from the task's training samples.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._paths: list[Path] | None = None
+        self._unlabeled: TaskData | None = None
+
+    def tower_importance(self, model: nn.Module, data: TaskData, towers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Importance of the parameters of ``towers`` (names ``<tower>.<...>``) over ``data``."""
+        raise NotImplementedError
+
+    def before_task(self, model: nn.Module, task: TaskData) -> None:
+        if self.cfg.importance_data is not None and self._paths is None:
+            self._paths = image_paths(self.cfg.importance_data)  # a bad path fails before training, not after
+        super().before_task(model, task)
+
+    def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        if self.cfg.importance_data is None:
+            return self.tower_importance(model, task, TOWERS)
+        return {
+            **self.tower_importance(model, task, (LANGUAGE_TOWER,)),
+            **self.tower_importance(model, self.unlabeled(model), (IMAGE_TOWER,)),
+        }
+
+    def unlabeled(self, model: nn.Module) -> TaskData:
+        """The ``importance_data`` images, decoded once and reused after every task."""
+        if self._unlabeled is None:
+            if self._paths is None:
+                self._paths = image_paths(self.cfg.importance_data)
+            self._unlabeled = unlabeled_task(self._paths, model.cfg.image_size, model.device,
+                                             self.cfg.max_importance_samples)
+        return self._unlabeled

@@ -1,0 +1,322 @@
+"""Importers: turn fact data in other layouts into a factlearn data directory.
+
+Every importer writes the same thing: ``OUT_DIR/manifest.jsonl`` (the generic manifest, see
+:mod:`factlearn.data.manifest`), the images under ``OUT_DIR/images/`` and ``OUT_DIR/import.json``
+(what was read, what was kept, what was skipped). Images are always copied (or hard-linked with
+``link=True``) into OUT_DIR, so the result is self-contained and no manifest path leaves it.
+
+Shared rules, whatever the source format:
+
+* Every input row is validated and every image is decoded once
+  (:func:`factlearn.data.images.load_image`). A bad row (malformed, empty fact, missing or
+  undecodable image, a path that escapes the data directory, a duplicate or a conflicting row)
+  is a :class:`UserError` naming file and line, unless ``skip_bad``: then it is skipped and
+  counted per reason, with the first few examples kept for the report. Problems of a whole file
+  (unreadable, not UTF-8, unknown or missing columns) are always errors.
+* Nothing half-written: the output is built in a hidden temporary directory next to OUT_DIR and
+  renamed at the end; an existing non-empty OUT_DIR is refused.
+
+This module holds that shared machinery and the generic-manifest importer; the Sherlock and
+Visual Genome importers live in :mod:`factlearn.data.sherlock` and :mod:`factlearn.data.vg`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..errors import UserError
+from ..facts import Fact
+from .images import load_image
+from .manifest import COLUMNS, Dataset, Record, _record, find_manifest, load_dataset
+
+logger = logging.getLogger(__name__)
+
+# Reasons a row is skipped (the keys of ImportReport.skipped).
+MALFORMED = "malformed row"
+UNKNOWN_COLUMN = "unknown column"
+INVALID = "invalid value"
+BAD_FACT = "bad fact"
+UNKNOWN_ID = "unknown fact id"
+MISSING_IMAGE = "missing image"
+UNDECODABLE = "undecodable image"
+ESCAPES = "path escapes the data directory"
+DUPLICATE = "duplicate row"
+CONFLICT = "conflicting rows"
+BAD_BOX = "bad box"
+
+MAX_EXAMPLES = 5
+CHECK_SIZE = 8  # images are decoded in full to check them; the resize target only needs to be small
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote and what it skipped."""
+
+    out_dir: Path
+    images: int
+    facts: int
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    examples: list[str] = field(default_factory=list)  # the first few skipped rows, "file:line: why"
+    notes: dict = field(default_factory=dict)  # importer-specific counts and written files
+
+    def to_json(self) -> dict:
+        return {"out_dir": str(self.out_dir), "images": self.images, "facts": self.facts,
+                "skipped": self.skipped, "examples": self.examples, **self.notes}
+
+
+class Problems:
+    """The bad rows of one import: without ``skip_bad`` the first is a UserError; with it, each is
+    counted under its reason and the first few are kept as examples."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+        self.counts: Counter[str] = Counter()
+        self.examples: list[str] = []
+
+    def add(self, reason: str, message: str) -> None:
+        """``message`` starts with the location (``file:line: ...``)."""
+        if not self.skip_bad:
+            raise UserError(f"{message} (--skip-bad skips bad rows)")
+        self.counts[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(message)
+
+    def report(self, out_dir: Path, images: int, facts: int, notes: dict) -> ImportReport:
+        return ImportReport(out_dir, images, facts, dict(sorted(self.counts.items())), list(self.examples), notes)
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text (a leading byte-order mark dropped), or a UserError naming file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8") from None
+
+
+def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
+             problems: Problems) -> Iterator[tuple[str, dict[str, str | None]]]:
+    """Rows of a CSV file with a header, as ``("file:line", {column: text or None})``.
+
+    Empty cells are None. A first column with an empty name or ``Unnamed: 0`` (the index column
+    pandas writes) is ignored. Unknown, duplicate or missing columns are errors of the file;
+    a row with too many or too few cells is a bad row.
+    """
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        header = reader.fieldnames
+    except csv.Error as exc:
+        raise UserError(f"{path}:1: not a valid CSV header ({exc})") from None
+    if not header:
+        raise UserError(f"{path}: empty file (expected a header with {', '.join(required)})")
+    names = list(header[1:] if header[0] in ("", "Unnamed: 0") else header)
+    for name in names:
+        if name not in columns:
+            raise UserError(f"{path}:1: unknown column {name!r} (expected {', '.join(columns)})")
+        if names.count(name) > 1:
+            raise UserError(f"{path}:1: column {name!r} appears twice")
+    for name in required:
+        if name not in names:
+            raise UserError(f"{path}:1: missing column {name!r}")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UserError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            problems.add(MALFORMED, f"{where}: more cells than columns")
+        elif any(v is None for v in row.values()):
+            problems.add(MALFORMED, f"{where}: fewer cells than columns")
+        else:
+            yield where, {k: (v if v != "" else None) for k, v in row.items() if k in names}
+
+
+def check_images(paths: Sequence[Path], workers: int | None = None) -> dict[Path, str | None]:
+    """Decode every image once (in threads; PIL releases the GIL): path -> None, or why it failed."""
+
+    def check(path: Path) -> str | None:
+        try:
+            load_image(path, CHECK_SIZE)
+        except UserError as exc:
+            return str(exc)
+        return None
+
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=default_workers(workers)) as pool:
+        return dict(zip(unique, pool.map(check, unique)))
+
+
+def default_workers(workers: int | None) -> int:
+    return max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+@contextmanager
+def staging_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``out_dir``; on success it becomes ``out_dir``.
+
+    ``out_dir`` must not exist or be empty. On any error the temporary directory is removed and
+    ``out_dir`` is left as it was.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output directory {out} exists and is not empty; choose a new or empty directory")
+    tmp = out.parent / f".{out.name}.importing-{os.getpid()}"
+    if tmp.exists():  # left over by a crashed import with the same pid: ours by its name
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def place_image(src: Path, dest: Path, link: bool) -> None:
+    """Copy ``src`` to ``dest`` (or hard-link it, falling back to a copy across file systems)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+
+
+def manifest_row(image: str, fact: Fact, group: str | None = None, split: str | None = None) -> dict:
+    return {"image": image, "subject": fact.subject, "predicate": fact.predicate, "object": fact.object,
+            "group": group, "split": split}
+
+
+def finish(tmp: Path, rows: list[dict], problems: Problems, out_dir: Path,
+           notes: dict) -> tuple[Dataset, ImportReport]:
+    """Write manifest.jsonl and import.json into the staging dir and read the manifest back (the
+    manifest reader is the judge of the result). Returns the Dataset and the ImportReport."""
+    if not rows:
+        skipped = f" ({_skipped_text(problems)})" if problems.counts else ""
+        raise UserError(f"nothing to import: no usable rows{skipped}")
+    (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    dataset = load_dataset(tmp)
+    report = problems.report(Path(out_dir), len(dataset.records), len(dataset.facts), notes)
+    (tmp / "import.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    return dataset, report
+
+
+def _skipped_text(problems: Problems) -> str:
+    return "skipped: " + ", ".join(f"{reason} {n}" for reason, n in sorted(problems.counts.items()))
+
+
+def dest_name(path: Path, root: Path) -> str:
+    """Where an image under ``root`` goes in the output: ``images/<its path under root>``."""
+    return "images/" + path.relative_to(root).as_posix()
+
+
+# ---- the generic manifest ---------------------------------------------------------------------
+
+def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False, link: bool = False,
+                    workers: int | None = None) -> ImportReport:
+    """Validate a generic manifest (JSONL or CSV) and write a clean copy of it with its images.
+
+    Args:
+        src: a data directory with ``manifest.jsonl`` / ``manifest.csv``, or the manifest file.
+        out_dir: a new or empty directory; gets ``manifest.jsonl``, ``images/`` (each image at
+            ``images/<its path in the source>``) and ``import.json``.
+        skip_bad: skip bad rows (counted per reason) instead of failing on the first one.
+        link: hard-link images instead of copying them (falls back to a copy across file systems).
+        workers: threads that decode images (default: up to 4).
+
+    Returns:
+        The :class:`ImportReport`.
+
+    Raises:
+        UserError: for a bad row (without ``skip_bad``), a bad file or a non-empty ``out_dir``.
+    """
+    manifest = find_manifest(src)
+    root = manifest.parent.resolve()
+    problems = Problems(skip_bad)
+    rows = _csv_rows(manifest, problems) if manifest.suffix == ".csv" else _jsonl_rows(manifest, problems)
+    kept: list[tuple[str, Record]] = []
+    first_at: dict[Path, str] = {}
+    group_of: dict[Fact, tuple[str | None, str]] = {}
+    for where, row in rows:
+        try:
+            record = _record(row, root, where, allow_outside=True)
+        except UserError as exc:
+            image = row.get("image")
+            missing = isinstance(image, str) and image.strip() and not (root / image).is_file()
+            problems.add(MISSING_IMAGE if missing else INVALID, str(exc))
+            continue
+        if not record.image.is_relative_to(root):
+            problems.add(ESCAPES, f"{where}: image path {row['image']!r} escapes the data directory {root}")
+        elif record.image in first_at:
+            problems.add(DUPLICATE, f"{where}: duplicate row for image {row['image']!r} "
+                                    f"(first at {first_at[record.image]})")
+        elif record.fact in group_of and group_of[record.fact][0] != record.group:
+            group, at = group_of[record.fact]
+            problems.add(CONFLICT, f"{where}: fact {record.fact} has group {record.group!r} here but {group!r} at {at}")
+        else:
+            first_at[record.image] = where
+            group_of.setdefault(record.fact, (record.group, where))
+            kept.append((where, record))
+    decoded = check_images([r.image for _, r in kept], workers)
+    with staging_dir(out_dir) as tmp:
+        out_rows = []
+        for where, r in kept:
+            if decoded[r.image] is not None:
+                problems.add(UNDECODABLE, f"{where}: {decoded[r.image]}")
+                continue
+            name = dest_name(r.image, root)
+            place_image(r.image, tmp / name, link)
+            out_rows.append(manifest_row(name, r.fact, r.group, r.split))
+        _, report = finish(tmp, out_rows, problems, Path(out_dir), {"importer": "manifest", "source": str(manifest)})
+    logger.info("imported %d images of %d facts from %s", report.images, report.facts, manifest)
+    return report
+
+
+def _csv_rows(manifest: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
+    return read_csv(manifest, COLUMNS, ("image", "subject"), problems)
+
+
+def _jsonl_rows(manifest: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
+    for line, raw in enumerate(read_text(manifest).splitlines(), start=1):
+        where = f"{manifest}:{line}"
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.add(MALFORMED, f"{where}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.add(MALFORMED, f"{where}: expected a JSON object")
+            continue
+        unknown = [k for k in row if k not in COLUMNS]
+        if unknown:
+            problems.add(UNKNOWN_COLUMN, f"{where}: unknown key {unknown[0]!r} (expected {', '.join(COLUMNS)})")
+            continue
+        yield where, row
