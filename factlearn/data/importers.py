@@ -30,13 +30,13 @@ import os
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import UserError
 from ..facts import Fact
+from ..io import atomic_dir
 from .images import load_image
 from .manifest import COLUMNS, Dataset, Record, _record, find_manifest, load_dataset
 
@@ -172,30 +172,6 @@ def default_workers(workers: int | None) -> int:
 
 # ---- writing ----------------------------------------------------------------------------------
 
-@contextmanager
-def staging_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to ``out_dir``; on success it becomes ``out_dir``.
-
-    ``out_dir`` must not exist or be empty. On any error the temporary directory is removed and
-    ``out_dir`` is left as it was.
-    """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output directory {out} exists and is not empty; choose a new or empty directory")
-    tmp = out.parent / f".{out.name}.importing-{os.getpid()}"
-    if tmp.exists():  # left over by a crashed import with the same pid: ours by its name
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()  # checked empty above
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def place_image(src: Path, dest: Path, link: bool) -> None:
     """Copy ``src`` to ``dest`` (or hard-link it, falling back to a copy across file systems)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +260,7 @@ def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False
             group_of.setdefault(record.fact, (record.group, where))
             kept.append((where, record))
     decoded = check_images([r.image for _, r in kept], workers)
-    with staging_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         out_rows = []
         for where, r in kept:
             if decoded[r.image] is not None:

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import atomic_dir
 from ..facts import Fact
 from .importers import (BAD_FACT, CONFLICT, DUPLICATE, ESCAPES, MALFORMED, MISSING_IMAGE, UNDECODABLE, UNKNOWN_ID,
                         ImportReport, Problems, check_images, dest_name, finish, manifest_row, place_image, read_csv,
-                        staging_dir)
+                        )
 from .splits import Task, TaskFile, save_tasks_file
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def import_sherlock(src: str | Path, out_dir: str | Path, images_root: str | Pat
     rows = _read_image_rows(sources, root, words, problems)
     decoded = check_images([r.image for r in rows], workers)
     group_layout = next((name for name, kind in sorted(layouts.items()) if kind == "semantic"), None)
-    with staging_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         out_rows: dict[Path, dict] = {}
         task_facts: dict[str, dict[str, set[Fact]]] = {name: {} for name in layouts}
         group_of: dict[Fact, str] = {}

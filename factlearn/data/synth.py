@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
@@ -51,6 +50,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import UserError
 from ..facts import Fact, FactTable
+from ..io import atomic_dir
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -595,11 +595,8 @@ def generate_world(
     knobs = {k: opts[k] for k in KNOBS}
     logger.info("rendering %d images of %d facts into %s", n_total, len(world_facts), out)
 
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():  # left over by a crashed run with the same pid: ours by its name
-        shutil.rmtree(tmp)
-    try:
-        (tmp / "images").mkdir(parents=True)
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
         jobs = [(i * n_img + j, f.slots) for i, (f, _) in enumerate(world_facts) for j in range(n_img)]
         _render_all(tmp / "images", seed, opts["size"], knobs, jobs, width, workers, progress)
         rows = []
@@ -616,12 +613,6 @@ def generate_world(
                  "facts": [{"subject": f.subject, "predicate": f.predicate, "object": f.object,
                             "group": g} for f, g in world_facts]}
         (tmp / "world.json").write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %d images (%d train, %d test) to %s", n_total, counts["train"], counts["test"], out)
     return {"out_dir": str(out), **counts}
 

@@ -31,10 +31,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..io import atomic_dir
 from ..facts import Fact
 from .images import _to_rgb
 from .importers import (BAD_BOX, BAD_FACT, MALFORMED, MISSING_IMAGE, UNDECODABLE, ImportReport, Problems,
-                        check_images, default_workers, finish, manifest_row, read_text, staging_dir)
+                        check_images, default_workers, finish, manifest_row, read_text)
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def import_vg(vg_dir: str | Path, out_dir: str | Path, min_count: int = 10, syno
     notes = {"importer": "vg", "source": str(folder), "min_count": min_count, "min_box": min_box,
              "max_per_fact": max_per_fact, "duplicates_merged": merged, "small_boxes_dropped": small,
              "rare_facts_dropped": len(rare), "rare_occurrences_dropped": sum(counts[f] for f in rare)}
-    with staging_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         rows = _crop_all(tmp, kept, found, workers)
         _, report = finish(tmp, rows, problems, Path(out_dir), notes)
     logger.info("imported %d crops of %d facts from %s", report.images, report.facts, folder)
