@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -24,9 +25,23 @@ class Group(click.Group):
         except UserError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+        except KeyboardInterrupt as exc:
+            click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
             ctx.exit(130)
+
+
+# Seeds feed numpy and torch generators: non-negative and within 32 bits.
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @click.group(cls=Group)
@@ -40,7 +55,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--preset", type=click.Choice(["small", "6ds"]), default="small", show_default=True, help="World size preset.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--facts", type=int, default=None, help="Number of facts (default: the preset's).")
 @click.option("--images-per-fact", type=int, default=None, help="Images per fact (default: the preset's).")
 @click.option("--size", type=int, default=None, help="Image side in pixels (default: the preset's).")
@@ -126,7 +141,7 @@ def import_sherlock_cmd(src, out_dir, images_root, skip_bad, link, workers) -> N
               help="Drop boxes smaller than this many pixels on a side.")
 @click.option("--max-per-fact", type=click.IntRange(min=1), default=None,
               help="Keep at most N crops per fact (seeded).")
-@click.option("--seed", type=int, default=0, show_default=True, help="For --max-per-fact.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="For --max-per-fact.")
 @SKIP_BAD
 @WORKERS
 def import_vg_cmd(vg_dir, out_dir, min_count, synonyms, min_box, max_per_fact, seed, skip_bad, workers) -> None:
@@ -155,7 +170,7 @@ def _echo_import(report) -> None:
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["random", "semantic"]), default="random", show_default=True)
 @click.option("--tasks", type=click.IntRange(min=1), default=2, show_default=True, help="Number of tasks.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the fact split and the train/test draw (use the same as split.seed when training).")
 @click.option("--out", "out_file", required=True, type=click.Path(path_type=Path), help="Task file to write (JSON).")
 @click.option("--adaptation", is_flag=True,
@@ -187,17 +202,19 @@ def split(data_dir, kind, tasks, seed, out_file, adaptation, test_fraction, grou
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Data directory (with manifest).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config.")
 @click.option("--method", type=str, default=None, help=f"Continual-learning method: {', '.join(METHOD_NAMES)}.")
-@click.option("--lam", type=float, default=None, help="Penalty strength lambda (overrides method.lam).")
-@click.option("--epochs", type=int, default=None, help="Epochs per task (overrides train.epochs).")
-@click.option("--tasks", type=int, default=None, help="Number of tasks (overrides split.tasks).")
+@click.option("--lam", type=FiniteFloat(min=0), default=None, help="Penalty strength lambda (overrides method.lam).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per task (overrides train.epochs).")
+@click.option("--tasks", type=click.IntRange(min=1), default=None, help="Number of tasks (overrides split.tasks).")
 @click.option("--split", "split_kind", type=click.Choice(["random", "semantic"]), default=None, help="Split kind.")
 @click.option("--tasks-file", type=click.Path(path_type=Path), default=None,
               help="Task file naming each task's facts (from `factlearn split` or `data import sherlock`); "
                    "replaces --tasks and --split.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--resume", is_flag=True, help="Continue an existing run after its last complete task.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last complete checkpoint (after a task, or mid-task: "
+                   "train.checkpoint_every); same data, config and seed. Ctrl-C saves one at the current step.")
 @click.option("--importance-data", type=click.Path(path_type=Path), default=None,
               help="mas, lmas: unlabeled images (folder, or data directory whose facts are ignored) for the image "
                    "tower's importance; the language tower's comes from the task's facts.")
@@ -281,7 +298,7 @@ def evaluate(run_dir, protocol, after, data_dir, device, index_kind, export_dir,
     run = RunDir(run_dir)
     model, task = run.load_model(after, resolve_device(device))
     cfg, tasks, facts = run.config(), run.tasks(), run.facts()
-    dataset = load_dataset(data_dir or run.read_json("run.json")["data"])
+    dataset = load_dataset(data_dir or run.data_dir())
     if dataset.facts.facts != facts.facts:
         raise UserError(f"the data's facts differ from {run.file('facts.json')}: not the data this run was trained on")
     protocol = protocol or cfg.eval.protocol

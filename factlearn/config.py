@@ -8,6 +8,7 @@ config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd
     momentum: float = 0.9  # sgd only
     num_workers: int = 0
+    # Steps between mid-task checkpoints (RUN_DIR/partial/), so that `train --resume` continues a
+    # killed run close to where it stopped; 0 = checkpoints only at the end of each task. A
+    # checkpoint is written at every task end and on Ctrl-C whatever this says.
+    checkpoint_every: int = 500
 
 
 @dataclass
@@ -110,6 +115,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Allowed values of numeric keys (checked after the types; None passes where it is allowed).
+_BOUNDS = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "in (0, 10]": lambda v: 0 < v <= 10,  # learning rates: above 10 is a typo (1e3 for 1e-3), and overflows Adam
+}
+RANGES = {
+    "model.image_size": "> 0", "model.slot_dim": "> 0", "model.po_grid": "> 0", "model.word_dim": "> 0",
+    "model.text_hidden": "> 0",
+    "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0",
+    "train.epochs": "> 0", "train.batch_size": "> 0", "train.lr": "in (0, 10]", "train.weight_decay": ">= 0",
+    "train.momentum": "in [0, 1)", "train.num_workers": ">= 0", "train.checkpoint_every": ">= 0",
+    "split.tasks": "> 0", "split.seed": ">= 0", "split.test_fraction": "in [0, 1)",
+    "method.lam": ">= 0", "method.alpha": "in [0, 1]", "method.importance_batch_size": "> 0",
+    "method.max_importance_samples": "> 0", "method.gamma": "in [0, 1]", "method.xi": "> 0",
+    "eval.batch_size": "> 0",
+}
+
 CHOICES = {
     "model.backbone": ("resnet", "vit"),
     "train.optimizer": ("adam", "sgd"),
@@ -137,7 +162,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         key = f"{where}.{name}" if where else name
         values[name] = _coerce(hints[name], value, key)
     obj = cls(**values)
-    _check_choices(obj, where)
+    _check_values(obj, where)
     return obj
 
 
@@ -159,13 +184,15 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise UserError(errors[0])
     base = origin or hint
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is float and isinstance(value, str):
+    if base is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:  # YAML reads "1e-3" as a string
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+        else:
+            if not math.isfinite(number):
+                raise UserError(f"config {key}: expected a finite number, got {value!r}")
+            return number
     if base is int and isinstance(value, bool):
         raise UserError(f"config {key}: expected int, got {value!r}")
     if isinstance(value, base):
@@ -173,11 +200,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise UserError(f"config {key}: expected {base.__name__}, got {value!r}")
 
 
-def _check_choices(obj: Any, where: str) -> None:
+def _check_values(obj: Any, where: str) -> None:
     for f in dataclasses.fields(obj):
         key = f"{where}.{f.name}" if where else f.name
-        if key in CHOICES and getattr(obj, f.name) not in CHOICES[key]:
-            raise UserError(f"config {key}: {getattr(obj, f.name)!r} is not one of {', '.join(CHOICES[key])}")
+        value = getattr(obj, f.name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"config {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+        if key in RANGES and value is not None and not _BOUNDS[RANGES[key]](value):
+            raise UserError(f"config {key}: {value!r} is out of range (must be {RANGES[key]})")
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> Config:

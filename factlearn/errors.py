@@ -8,3 +8,8 @@ Programming errors are left as ordinary exceptions so they stay loud.
 
 class UserError(Exception):
     """Bad input from the user; the message names the file, line or option at fault."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user stopped a command (Ctrl-C) and it stopped cleanly; the message says what was kept
+    and how to continue. The CLI prints it and exits with 130, as for any Ctrl-C."""

@@ -9,21 +9,36 @@ Layout::
       vocab.json          the language tower's words
       split.json          the task sequence (fact ids per task)
       metrics.json        accuracy matrix and final per-task numbers (after every task)
-      checkpoints/<TASK>/ model.safetensors, method.safetensors, state.json
+      checkpoints/<TASK>/ after each task: model.safetensors, method.safetensors,
+                          trainer.safetensors (RNG state), state.json (metric rows so far)
+      partial/<TASK>-step<N>/  mid-task (train.checkpoint_every, Ctrl-C): the same files, and
+                          trainer.safetensors also holds the optimizer state; state.json adds the
+                          position in the task (epoch, batch) and the optimizer's non-tensor
+                          values. Only the newest is kept, removed once the task's checkpoint is.
+      .lock               held (flock) by the process training into the directory
+
+A checkpoint folder is complete once its ``state.json`` is written: every file is written
+atomically (:mod:`factlearn.io`) and state.json last, so a folder cut short by a crash has none
+and is ignored (the tasks completed are those with a complete checkpoint, in split order).
 
 Weights are safetensors and everything else JSON/YAML: loading never unpickles.
+
+Versions: run.json and every safetensors file record ``factlearn_version``; a run is read by
+any factlearn of the same MAJOR version (the major version goes up when the layout or the
+checkpoint format changes incompatibly). Another major version is a UserError naming both.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .config import Config, from_dict
@@ -33,6 +48,19 @@ from .errors import UserError
 from .facts import FactTable
 from .io import atomic_save_tensors, atomic_write_json, atomic_write_text
 from .model import FactModel, Vocabulary, create_model
+
+
+STATE = "state.json"  # written last into a checkpoint folder: marks it complete
+RUN_FILES = ("config.yaml", "facts.json", "vocab.json", "split.json")  # written before run.json
+
+
+def check_version(version: object, where: Path) -> None:
+    """A run or checkpoint is readable when written by the same major version of factlearn."""
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        raise UserError(f"{where}: no valid factlearn_version ({version!r}); not written by factlearn")
+    if version.split(".")[0] != __version__.split(".")[0]:
+        raise UserError(f"{where} was written by factlearn {version}, which this factlearn {__version__} "
+                        f"cannot read (runs are compatible within a major version)")
 
 
 class RunDir:
@@ -46,24 +74,48 @@ class RunDir:
     def checkpoint(self, task: str) -> Path:
         return self.path / "checkpoints" / task
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``.lock`` in the (existing) directory while writing to it: a second process training
+        into the same run directory is refused instead of mixing its files in. The lock goes with
+        the process, however it ends. (No locking where fcntl is missing, e.g. Windows.)"""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UserError(f"{self.path} is in use by another factlearn process; wait for it to end") from None
+            yield
+
     def is_run(self) -> bool:
         return self.file("run.json").is_file()
 
-    def require(self) -> None:
-        if not self.path.is_dir():
+    def require(self) -> dict:
+        """Check that this is a run directory of a compatible factlearn; returns run.json."""
+        if not self.path.exists():
             raise UserError(f"run directory not found: {self.path}")
-        if not self.is_run():
+        if not self.path.is_dir() or not self.is_run():
             raise UserError(f"{self.path} is not a factlearn run directory (no run.json)")
+        info = self.read_json("run.json")
+        if not isinstance(info, dict):
+            raise UserError(f"{self.file('run.json')} is malformed: expected a JSON object")
+        check_version(info.get("factlearn_version"), self.file("run.json"))
+        return info
+
+    def data_dir(self) -> str:
+        """The data directory the run was trained on (from run.json)."""
+        data = self.require().get("data")
+        if not isinstance(data, str):
+            raise UserError(f"{self.file('run.json')} names no data directory: give --data")
+        return data
 
     # --- json ------------------------------------------------------------------------------
     def read_json(self, name: str) -> dict | list:
-        path = self.file(name)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"missing {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is corrupt: {exc}") from None
+        return read_json(self.file(name))
 
     def write_json(self, name: str, obj: object) -> None:
         atomic_write_json(self.file(name), obj)
@@ -77,7 +129,7 @@ class RunDir:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"missing {path}") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise UserError(f"{path} is corrupt: {exc}") from None
         try:
             return from_dict(Config, data)
@@ -95,16 +147,59 @@ class RunDir:
         return load_split(self.file("split.json"))
 
     def completed(self) -> list[str]:
-        """Names of the tasks whose checkpoint is complete, in training order."""
-        return list(self.read_json("run.json").get("completed", []))
+        """Names of the tasks whose checkpoint is complete (has its state.json), in training order."""
+        done = []
+        for task in self.tasks():
+            if not (self.checkpoint(task.name) / STATE).is_file():
+                break
+            done.append(task.name)
+        return done
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, task: str, model: FactModel, method: Method, state: dict) -> None:
+    def save_checkpoint(self, task: str, model: FactModel, method: Method, state: dict,
+                        trainer: dict[str, torch.Tensor] | None = None) -> Path:
+        """The checkpoint after ``task`` (state: JSON, the metric rows so far); returns its folder."""
         folder = self.checkpoint(task)
-        meta = {"factlearn_version": __version__}
-        atomic_save_tensors(folder / "model.safetensors", model.state_dict(), meta)
-        atomic_save_tensors(folder / "method.safetensors", method.state_dict(), {**meta, "method": method.name})
-        atomic_write_json(folder / "state.json", state)  # written last: marks the checkpoint complete
+        _write_checkpoint(folder, model, method, state, trainer)
+        return folder
+
+    def save_partial(self, task: str, step: int, model: FactModel, method: Method, state: dict,
+                     trainer: dict[str, torch.Tensor]) -> Path:
+        """A mid-task checkpoint after ``step`` steps of ``task``; once it is complete, older ones go."""
+        folder = self.path / "partial" / f"{task}-step{step:06d}"
+        if not (folder / STATE).is_file():  # complete already: the same position, resumed from
+            _remove_checkpoint(folder)
+            _write_checkpoint(folder, model, method, state, trainer)
+        for old in self.partials():
+            if old != folder:
+                _remove_checkpoint(old)
+        return folder
+
+    def partials(self) -> list[Path]:
+        """Every mid-task checkpoint folder, complete or not."""
+        root = self.path / "partial"
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def latest_partial(self) -> tuple[Path, dict] | None:
+        """The newest complete mid-task checkpoint and its state.json (task index, position), or None."""
+        best = None
+        for folder in self.partials():
+            if not (folder / STATE).is_file():
+                continue
+            state = read_json(folder / STATE)
+            try:
+                key = (int(state["task"]), int(state["step"]))
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{folder / STATE} is malformed: no task or step") from None
+            if best is None or key > best[0]:
+                best = (key, folder, state)
+        return None if best is None else best[1:]
+
+    def clear_partials(self) -> None:
+        for folder in self.partials():
+            _remove_checkpoint(folder)
+        if (self.path / "partial").is_dir() and not any((self.path / "partial").iterdir()):
+            (self.path / "partial").rmdir()
 
     def load_model(self, task: str | None = None, device: str | torch.device = "cpu") -> tuple[FactModel, str]:
         """The model after ``task`` (default: the last completed task) and that task's name."""
@@ -117,19 +212,56 @@ class RunDir:
         elif task not in done:
             raise UserError(f"--after {task}: not a completed task of {self.path} (completed: {', '.join(done)})")
         cfg = self.config()
-        vocab = Vocabulary(self.read_json("vocab.json"))
+        words = self.read_json("vocab.json")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise UserError(f"{self.file('vocab.json')} is malformed: expected a list of words")
+        vocab = Vocabulary(words)
         model = create_model(cfg.model, vocab)
         load_weights(model, self.checkpoint(task) / "model.safetensors")
         return model.to(device).eval(), task
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_json(path: Path) -> dict | list:
     try:
-        return load_file(str(path))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"checkpoint file not found: {path}") from None
+        raise UserError(f"missing {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is corrupt: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write_checkpoint(folder: Path, model: FactModel, method: Method, state: dict,
+                      trainer: dict[str, torch.Tensor] | None) -> None:
+    meta = {"factlearn_version": __version__}
+    atomic_save_tensors(folder / "model.safetensors", model.state_dict(), meta)
+    atomic_save_tensors(folder / "method.safetensors", method.state_dict(), {**meta, "method": method.name})
+    if trainer is not None:
+        atomic_save_tensors(folder / "trainer.safetensors", trainer, meta)
+    atomic_write_json(folder / STATE, state)  # written last: marks the checkpoint complete
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    # The marker goes first: a removal cut short never leaves a complete-looking folder behind.
+    (folder / STATE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (on CPU); missing, corrupt or of another major version of
+    factlearn (its ``factlearn_version`` metadata, when it has one) is a UserError."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"checkpoint file {path} is corrupt: {exc}") from None
+    if "factlearn_version" in meta:
+        check_version(meta["factlearn_version"], path)
+    return tensors
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -3,14 +3,25 @@
 For each task: train on its images only (the data of finished tasks is gone), let the method
 compute its state from the task's images (MAS importance), evaluate every task's test split
 through the FAISS index, then write a checkpoint and metrics.json into the run directory.
+
+Interruptions cost at most ``train.checkpoint_every`` steps: mid-task checkpoints hold the model,
+the optimizer, the method's state, the RNG and the position in the task, and the epoch order is
+drawn from a generator seeded by (seed, task, epoch), so ``--resume`` continues exactly where the
+checkpoint was taken: on CPU a killed and resumed run ends bit-identical to an uninterrupted one.
+Ctrl-C or SIGTERM stops after the current step, saving a checkpoint there (a second one stops at
+once). A checkpoint is never written from parameters that are no longer finite.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,13 +33,13 @@ from .continual import Method, StepBatch, TaskData, create_method
 from .data.images import load_images, to_model_input
 from .data.manifest import Dataset, load_dataset
 from .data.splits import Task, image_splits, load_tasks_file, make_split, save_split
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .evaluate import evaluate_tasks
 from .facts import matches
 from .losses import fact_loss
 from .model import FactModel, Vocabulary, create_model
 from .retrieval.metrics import sequence_metrics
-from .run import RunDir, load_weights, read_tensors
+from .run import RUN_FILES, RunDir, load_weights, read_json, read_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +72,13 @@ class Session:
             self.tasks = make_split(dataset, cfg.split.kind, cfg.split.tasks, cfg.split.seed)
         self.is_test = image_splits(dataset, cfg.split.test_fraction, cfg.split.seed)
         self.fact_ids = np.array(dataset.fact_ids())
+        for task in self.tasks:  # before anything is decoded or trained: a run never fails half-way for this
+            for test, what in ((False, "training"), (True, "test")):
+                if len(self.rows(task, test)) == 0:
+                    raise UserError(
+                        f"task {task.name} has no {what} images after the split ({len(task.facts)} facts; "
+                        "see the manifest's split column and split.test_fraction)"
+                    )
         self.vocab = Vocabulary(dataset.facts.words())
         self.tokens, self.slot_mask = self.vocab.encode(dataset.facts.facts)  # (F, 3, L), (F, 3)
         with tqdm(total=len(dataset.records), desc="decode images", unit="img", disable=not progress, leave=False) as bar:
@@ -122,50 +140,89 @@ class Session:
 
         return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss)
 
-    def train_task(self, t: int) -> None:
+    def optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def train_task(
+        self,
+        t: int,
+        resume: Partial | None = None,
+        save: Callable[[int, int, int, torch.optim.Optimizer], Path] | None = None,
+        stop: StopRequest | None = None,
+    ) -> None:
+        """Train task t from its start, or from the mid-task checkpoint ``resume``.
+
+        ``save(epoch, batch, steps_done, optimizer)`` writes a mid-task checkpoint at that position
+        (the next step to take). It is called every ``train.checkpoint_every`` steps, and when
+        ``stop`` is requested (Ctrl-C), after which :class:`Interrupted` is raised.
+        """
         task, cfg, model = self.tasks[t], self.cfg.train, self.model
         stage = self.stage(t)  # the task itself, or the union so far for joint training
         rows = self.rows(stage, test=False)
-        if len(rows) == 0:
-            raise UserError(f"task {task.name} has no training images after the split")
         targets_all, exclude_all = self.labels(stage.facts, rows)  # (N,), (F_t, F_t)
         fact_tokens = self.tokens[stage.facts].to(self.device)
         fact_mask = self.slot_mask[stage.facts].to(self.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = self.optimizer()
         self.method.before_task(model, self.task_data(task))
+        first_epoch = first_batch = 0
+        if resume is not None:
+            # After before_task: the checkpoint holds the method's mid-task state (SI's path integral).
+            self.method.load_state_dict(resume.method, self.device)
+            load_optimizer(opt, resume.trainer, resume.optimizer, resume.folder)
+            set_rng_state(resume.trainer, self.device)
+            first_epoch, first_batch = resume.epoch, resume.batch
         model.train()
         steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {task.name}", unit="step", disable=not self.progress)
-        for epoch in range(cfg.epochs):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t * 1009 + epoch)
-            order = torch.randperm(len(rows), generator=gen)
-            for start in range(0, len(rows), cfg.batch_size):
-                sel = order[start : start + cfg.batch_size]
-                x = to_model_input(self.images[rows[sel.numpy()]].to(self.device))
-                targets = targets_all[sel].to(self.device)
-                img = model.embed_images(x)  # (B, 3, d)
-                fact = model.embed_facts(fact_tokens, fact_mask)  # (F_t, 3, d)
-                loss = fact_loss(img, fact, fact_mask, targets, exclude_all[targets_all[sel]].to(self.device), self.cfg.loss)
-                penalty = self.method.penalty(model, StepBatch(x, fact_tokens, fact_mask, image_emb=img, fact_emb=fact))
-                total = loss if penalty is None else loss + penalty
-                if not torch.isfinite(total):
-                    raise UserError(
-                        f"training diverged on task {task.name} (epoch {epoch + 1}): loss is {total.item()}; "
-                        "lower train.lr or method.lam. The last complete checkpoint is kept."
-                    )
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                self.method.before_step(model)
-                opt.step()
-                self.method.after_step(model)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", penalty=f"{0.0 if penalty is None else penalty.item():.3f}")
-        bar.close()
+        total_steps = cfg.epochs * steps_per_epoch
+        done = first_epoch * steps_per_epoch + first_batch
+        bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not self.progress)
+        try:
+            for epoch in range(first_epoch, cfg.epochs):
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t * 1009 + epoch)
+                order = torch.randperm(len(rows), generator=gen)
+                for batch in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
+                    sel = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+                    x = to_model_input(self.images[rows[sel.numpy()]].to(self.device))
+                    targets = targets_all[sel].to(self.device)
+                    loss, penalty = self._step(opt, x, targets, exclude_all[targets_all[sel]].to(self.device),
+                                               fact_tokens, fact_mask, f"task {task.name} (step {done + 1})")
+                    done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
+                    if save is None:
+                        continue
+                    position = (epoch, batch + 1) if batch + 1 < steps_per_epoch else (epoch + 1, 0)
+                    if stop is not None and stop.requested:
+                        folder = save(*position, done, opt)
+                        raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; checkpoint "
+                                          f"{folder}. Run the same command with --resume to continue from there.")
+                    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+                        save(*position, done, opt)
+        finally:
+            bar.close()
         self.method.after_task(model, self.task_data(task))
+
+    def _step(self, opt: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor,
+              fact_tokens: torch.Tensor, fact_mask: torch.Tensor, where: str) -> tuple[float, float]:
+        """One optimizer step on pixels x (B, 3, H, W) against the stage's facts; returns (loss, penalty)."""
+        model = self.model
+        img = model.embed_images(x)  # (B, 3, d)
+        fact = model.embed_facts(fact_tokens, fact_mask)  # (F_t, 3, d)
+        loss = fact_loss(img, fact, fact_mask, targets, exclude, self.cfg.loss)
+        penalty = self.method.penalty(model, StepBatch(x, fact_tokens, fact_mask, image_emb=img, fact_emb=fact))
+        total = loss if penalty is None else loss + penalty
+        if not torch.isfinite(total):
+            raise Diverged(f"training diverged on {where}: the loss is {total.item()}; lower train.lr or method.lam.")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.method.before_step(model)
+        opt.step()
+        self.method.after_step(model)
+        return loss.item(), 0.0 if penalty is None else penalty.item()
 
     def evaluate(self, trained: int, protocol: str) -> dict[str, dict]:
         """Every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat index."""
@@ -210,40 +267,205 @@ def train(
 ) -> dict:
     """Train ``cfg.method`` over the task sequence of ``data_dir``; returns metrics.json's content.
 
-    With ``resume`` an existing run directory continues after its last complete task; without it
-    an existing non-empty directory is refused, so nothing already written is overwritten.
+    With ``resume`` an existing run directory continues from its last complete checkpoint (after a
+    task, or mid-task: ``train.checkpoint_every``). Without it, a directory holding more than the
+    files of a run that never reached its first checkpoint is refused, so nothing of value is
+    overwritten; so is a directory another process is training into. Ctrl-C (or SIGTERM) saves a
+    checkpoint at the current step and raises :class:`factlearn.errors.Interrupted`; a diverged
+    loss raises a UserError naming the last good checkpoint, which is kept.
     """
     run = RunDir(out_dir)
-    if run.path.exists() and any(run.path.iterdir()) and not resume:
-        raise UserError(f"--out {run.path} exists and is not empty (use --resume to continue a run)")
+    fresh = _check_out_dir(run, resume)
     dev = resolve_device(device)
     dataset = load_dataset(data_dir)
     s = Session(dataset, cfg, seed, dev, progress)
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run.lock():
+        if _check_out_dir(run, resume) != fresh:
+            raise UserError(f"--out {run.path} was written to by another process while the data was loading")
+        return _train(run, fresh, data_dir, dataset, s, cfg, seed, dev)
+
+
+def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg: Config, seed: int,
+           dev: torch.device) -> dict:
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
-    start = 0
-    if resume and run.is_run():
-        start, rows = _restore(run, s, cfg, seed)
-    else:
-        run.path.mkdir(parents=True, exist_ok=True)
+    start, partial = 0, None
+    if fresh:
         run.write_config(cfg)
         groups = dataset.groups()
         run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
         run.write_json("vocab.json", s.vocab.words[2:])
         save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
-        _write_run_json(run, data_dir, cfg, seed, dev, [])
-    for t in range(start, len(s.tasks)):
-        s.train_task(t)
-        for proto in PROTOCOLS:
-            rows[proto].append(s.evaluate(t + 1, proto))
-        done = [task.name for task in s.tasks[: t + 1]]
-        run.save_checkpoint(s.tasks[t].name, s.model, s.method, {"task": t, "name": s.tasks[t].name, "rows": rows})
-        doc = metrics_document(cfg.method.name, cfg.eval.protocol, s.tasks, rows)
-        run.write_json("metrics.json", doc)
-        _write_run_json(run, data_dir, cfg, seed, dev, done)
-        final = doc["final"]
-        logger.info("after %s: %s", s.tasks[t].name,
-                    ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
+        _write_run_json(run, data_dir, cfg, seed, dev, [])  # last: from now on the folder is a run
+    else:
+        start, rows, partial = _restore(run, s, cfg, seed, data_dir, dev)
+    last_good = run.checkpoint(s.tasks[start - 1].name) if start else None  # named when training diverges
+
+    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer) -> Path:
+        nonlocal last_good
+        _check_finite(s, f"task {s.tasks[t].name} (step {done})")
+        tensors, scalars = trainer_state(dev, opt)
+        state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
+                 "step": done, "rows": rows, "optimizer": scalars}
+        last_good = run.save_partial(s.tasks[t].name, done, s.model, s.method, state, tensors)
+        return last_good
+
+    with StopRequest() as stop:
+        for t in range(start, len(s.tasks)):
+            name = s.tasks[t].name
+            try:
+                s.train_task(t, partial if t == start else None, functools.partial(save_partial, t), stop)
+                _check_finite(s, f"the end of task {name}")
+            except Diverged as exc:
+                kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
+                raise UserError(f"{exc} Stopped; {kept}.") from None
+            for proto in PROTOCOLS:
+                rows[proto].append(s.evaluate(t + 1, proto))
+            tensors, _ = trainer_state(dev)
+            last_good = run.save_checkpoint(name, s.model, s.method,
+                                            {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)
+            run.clear_partials()
+            doc = _write_progress(run, s, cfg, rows, data_dir, seed, dev, t + 1)
+            final = doc["final"]
+            logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
+            if stop.requested and t + 1 < len(s.tasks):
+                raise Interrupted(f"stopped after task {name}; its checkpoint is complete. "
+                                  "Run the same command with --resume to continue.")
     return run.read_json("metrics.json")
+
+
+class Diverged(UserError):
+    """The loss or the parameters are no longer finite."""
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM (``kill``, a batch system's time limit) during training: the first
+    asks the loop to stop at the next point where it can save a checkpoint (after the current step,
+    or after the current task's checkpoint); a second raises KeyboardInterrupt at once (everything
+    on disk stays whole: writes are atomic). Outside the main thread signals cannot be caught and
+    nothing is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("%s: stopping after the current step with a checkpoint (again to stop at once)",
+                       signal.Signals(signum).name)
+
+
+@dataclass
+class Partial:
+    """A mid-task checkpoint to continue from: the position (the next step) and the states."""
+
+    folder: Path
+    epoch: int
+    batch: int
+    method: dict[str, torch.Tensor]
+    trainer: dict[str, torch.Tensor]  # optimizer.<param index>.<key>, rng.cpu, rng.cuda
+    optimizer: dict  # "<param index>.<key>" -> the optimizer state's non-tensor values
+
+
+def trainer_state(
+    device: torch.device, opt: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The RNG state and the optimizer's per-parameter state, split into tensors (safetensors) and
+    non-tensor values (JSON). Param groups are not saved: they follow from the (checked) config."""
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    scalars: dict = {}
+    for idx, values in (opt.state_dict()["state"] if opt is not None else {}).items():
+        for key, v in values.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optimizer.{idx}.{key}"] = v
+            else:
+                scalars[f"{idx}.{key}"] = v
+    return tensors, scalars
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict, where: Path) -> None:
+    """Restore what :func:`trainer_state` saved of ``opt``; shapes are checked against the parameters."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    state: dict[int, dict] = {}
+    try:
+        for name, t in tensors.items():
+            if name.startswith("optimizer."):
+                _, idx, key = name.split(".", 2)
+                state.setdefault(int(idx), {})[key] = t
+        for name, v in scalars.items():
+            idx, key = name.split(".", 1)
+            state.setdefault(int(idx), {})[key] = v
+    except ValueError:
+        raise UserError(f"{where}: malformed optimizer state") from None
+    for idx, values in state.items():
+        if not 0 <= idx < len(params) or any(
+            isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[idx].shape for v in values.values()
+        ):
+            raise UserError(f"{where}: the optimizer state does not match the model config")
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+
+
+def _check_finite(s: Session, where: str) -> None:
+    # A step can turn the parameters into inf/NaN before any loss shows it: never checkpoint them.
+    tensors = [*s.model.named_parameters(), *s.method.state.items()]
+    bad = next((n for n, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise Diverged(f"training diverged at {where}: {bad} is no longer finite; lower train.lr or method.lam.")
+
+
+def _check_out_dir(run: RunDir, resume: bool) -> bool:
+    """True when the run starts from scratch; refuses to write into anything that is not ours.
+
+    A run directory holding only the files written at the start (a run that failed or was
+    stopped before its first checkpoint) has nothing to lose: it starts again without --resume.
+    """
+    if not run.path.exists():
+        return True
+    if not run.path.is_dir():
+        raise UserError(f"--out {run.path} exists and is not a directory")
+    names = {p.name for p in run.path.iterdir()}
+    if all(n in RUN_FILES or n == "run.json" or n.startswith(".") for n in names):
+        if resume and run.is_run():
+            run.require()
+            return False  # nothing trained yet, but its config and split are checked all the same
+        return True  # empty, or cut short before run.json: nothing trained yet
+    if not resume:
+        raise UserError(f"--out {run.path} exists and is not empty (use --resume to continue a run)")
+    if not run.is_run():
+        raise UserError(f"--resume: {run.path} is not a factlearn run directory (no run.json)")
+    run.require()
+    return False
+
+
+def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, data_dir, seed: int, dev: torch.device,
+                    completed: int) -> dict:
+    """metrics.json and run.json after ``completed`` tasks (written after the task's checkpoint)."""
+    doc = metrics_document(cfg.method.name, cfg.eval.protocol, s.tasks, rows)
+    run.write_json("metrics.json", doc)
+    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]])
+    return doc
 
 
 def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str]) -> None:
@@ -257,21 +479,61 @@ def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.de
     })
 
 
-def _restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict]:
-    """Continue after the last complete task: the saved config and split must match."""
-    saved = run.config()
-    if saved.to_dict() != cfg.to_dict():
-        raise UserError(f"--resume: the config differs from the one saved in {run.file('config.yaml')}")
-    if [t.name for t in run.tasks()] != [t.name for t in s.tasks] or [t.facts for t in run.tasks()] != [t.facts for t in s.tasks]:
+# Keys that may differ on --resume: they change how often a run is saved, not what it computes.
+RESUME_MAY_CHANGE = {"train.checkpoint_every"}
+
+
+def _restore(run: RunDir, s: Session, cfg: Config, seed: int, data_dir, dev: torch.device
+             ) -> tuple[int, dict, Partial | None]:
+    """Load the last complete checkpoint: the saved config, split and seed must match.
+
+    Returns the first task to train, the metric rows so far, and the mid-task checkpoint to
+    continue that task from (None: from its start).
+    """
+    saved = _flatten(run.config().to_dict())
+    for key, value in _flatten(cfg.to_dict()).items():
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
+            raise UserError(f"--resume: config {key} is {value!r} here but {saved.get(key)!r} in "
+                            f"{run.file('config.yaml')}; resume with the run's own config")
+    tasks = run.tasks()
+    if [(t.name, t.facts) for t in tasks] != [(t.name, t.facts) for t in s.tasks]:
         raise UserError(f"--resume: the data's split differs from {run.file('split.json')}")
-    info = run.read_json("run.json")
+    info = run.require()
     if info.get("seed") != seed:
         raise UserError(f"--resume: --seed {seed} differs from the run's seed {info.get('seed')}")
     done = run.completed()
-    if not done:
-        return 0, {p: [] for p in PROTOCOLS}
-    folder = run.checkpoint(done[-1])
+    rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
+    if done:
+        folder = run.checkpoint(done[-1])
+        load_weights(s.model, folder / "model.safetensors")
+        s.method.load_state_dict(read_tensors(folder / "method.safetensors"), s.device)
+        if (folder / "trainer.safetensors").is_file():  # runs from before it existed: no RNG to restore
+            set_rng_state(read_tensors(folder / "trainer.safetensors"), s.device)
+        rows = _rows(read_json(folder / "state.json"), folder)
+        _write_progress(run, s, cfg, rows, data_dir, seed, dev, len(done))  # a crash may have come before them
+    t, found = len(done), run.latest_partial()
+    if found is None or t == len(s.tasks) or found[1].get("task") != t or found[1].get("name") != s.tasks[t].name:
+        run.clear_partials()  # none, or one of a task completed since: nothing to continue
+        return t, rows, None
+    folder, state = found
+    try:
+        epoch, batch, optimizer = int(state["epoch"]), int(state["batch"]), dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder / 'state.json'} is malformed: no epoch, batch or optimizer") from None
     load_weights(s.model, folder / "model.safetensors")
-    s.method.load_state_dict(read_tensors(folder / "method.safetensors"), s.device)
-    state = run.read_json(f"checkpoints/{done[-1]}/state.json")
-    return len(done), state["rows"]
+    partial = Partial(folder, epoch, batch, read_tensors(folder / "method.safetensors"),
+                      read_tensors(folder / "trainer.safetensors"), optimizer)
+    logger.info("resuming task %s at epoch %d, batch %d from %s", state["name"], epoch + 1, batch, folder)
+    return t, _rows(state, folder), partial
+
+
+def _rows(state: object, folder: Path) -> dict[str, list[dict]]:
+    rows = state.get("rows") if isinstance(state, dict) else None
+    if not isinstance(rows, dict) or set(rows) != set(PROTOCOLS):
+        raise UserError(f"{folder / 'state.json'} is malformed: no metric rows")
+    return rows
+
+
+def _flatten(cfg: dict) -> dict:
+    """Config.to_dict() -> {"section.key": value}."""
+    return {f"{section}.{key}": v for section, values in cfg.items() for key, v in values.items()}

@@ -27,8 +27,9 @@ from .base import QuadraticPenalty, TaskData, trainable
 
 
 class SI(QuadraticPenalty):
-    """State: ``omega``/``anchor`` as every quadratic penalty; the running path integral and the
-    parameters at the task's start live only during a task (checkpoints are taken between tasks)."""
+    """State: ``omega``/``anchor`` as every quadratic penalty. During a task also the running path
+    integral (``si_path``) and the parameters at the task's start (``si_start``), so that a mid-task
+    checkpoint continues the integral exactly; between tasks they are empty."""
 
     name = "si"
 
@@ -64,6 +65,22 @@ class SI(QuadraticPenalty):
         for n, p in trainable(model).items():
             self._w[n] -= grads[n] * (p.detach() - before[n])  # SI Eq. 3
         self._step = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = super().state_dict()
+        for kind, tensors in (("si_start", self._start), ("si_path", self._w)):
+            out.update({f"{kind}.{n}": t.detach().cpu().contiguous() for n, t in tensors.items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        rest = dict(state)
+        taken: dict[str, dict[str, torch.Tensor]] = {"si_start": {}, "si_path": {}}
+        for name in list(rest):
+            kind, _, param = name.partition(".")
+            if kind in taken:
+                taken[kind][param] = rest.pop(name).to(device)
+        self._start, self._w = taken["si_start"], taken["si_path"]
+        super().load_state_dict(rest, device)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
         if not self._w:

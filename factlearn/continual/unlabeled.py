@@ -80,8 +80,8 @@ class DataImportance(QuadraticPenalty):
         raise NotImplementedError
 
     def before_task(self, model: nn.Module, task: TaskData) -> None:
-        if self.cfg.importance_data is not None and self._paths is None:
-            self._paths = image_paths(self.cfg.importance_data)  # a bad path fails before training, not after
+        if self.cfg.importance_data is not None:
+            self.unlabeled(model)  # decoded now: a bad path or image fails before training, not after it
         super().before_task(model, task)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:

@@ -141,7 +141,8 @@ def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
         except StopIteration:
             return
         except csv.Error as exc:
-            raise UserError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+            # + 1: the line being read is not counted yet
+            raise UserError(f"{path}:{reader.line_num + 1}: malformed CSV ({exc})") from None
         where = f"{path}:{reader.line_num}"
         if None in row:
             problems.add(MALFORMED, f"{where}: more cells than columns")

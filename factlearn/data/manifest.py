@@ -10,6 +10,7 @@ and line.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -84,27 +85,38 @@ def load_dataset(data_dir: str | Path, allow_outside: bool = False) -> Dataset:
 
 def _read_rows(manifest: Path) -> list[tuple[int, dict]]:
     try:
-        text = manifest.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = manifest.read_bytes()[: exc.start].count(b"\n") + 1
-        raise UserError(f"{manifest}:{line}: not valid UTF-8") from None
+        data = manifest.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {manifest}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{manifest}:{line}: not valid UTF-8") from None
     rows: list[tuple[int, dict]] = []
     if manifest.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        header = reader.fieldnames or []
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold line breaks
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as exc:
+            raise UserError(f"{manifest}:1: not a valid CSV header ({exc})") from None
         unknown = [c for c in header if c not in COLUMNS]
         if unknown:
             raise UserError(f"{manifest}:1: unknown column {unknown[0]!r} (expected {', '.join(COLUMNS)})")
         for col in ("image", "subject"):
             if col not in header:
                 raise UserError(f"{manifest}:1: missing column {col!r}")
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as exc:
+                # + 1: the line being read is not counted yet
+                raise UserError(f"{manifest}:{reader.line_num + 1}: malformed CSV ({exc})") from None
             if None in row:  # more cells than header columns
                 raise UserError(f"{manifest}:{reader.line_num}: more cells than columns")
             rows.append((reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}))
-        return rows
     for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue

@@ -106,11 +106,22 @@ def save_split(path: Path, tasks: list[Task], info: dict) -> None:
 def load_split(path: Path) -> list[Task]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return [Task(t["name"], [int(f) for f in t["facts"]]) for t in data["tasks"]]
+        tasks = [Task(t["name"], [int(f) for f in t["facts"]]) for t in data["tasks"]]
     except FileNotFoundError:
         raise UserError(f"split file not found: {path}") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"split file {path} is malformed: {exc}") from None
+    for task in tasks:
+        check_task_name(task.name, f"split file {path}")
+    return tasks
+
+
+def check_task_name(name: object, where: str) -> None:
+    """Task names become folder names of the run directory (checkpoints/<TASK>): no path tricks."""
+    if (not isinstance(name, str) or not name.strip() or len(name) > 100 or name.startswith(".")
+            or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name)):
+        raise UserError(f"{where}: task name {name!r} cannot be a folder name (no '/', '\\', control "
+                        "characters or leading '.', at most 100 characters)")
 
 
 # ---- adaptation halves and monitored groups ---------------------------------------------------
@@ -210,6 +221,7 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise UserError(f"tasks file {path}: task {n} needs a non-empty 'name'")
         name = entry["name"]
+        check_task_name(name, f"tasks file {path}, task {n}")
         if any(t.name == name for t in out.tasks):
             raise UserError(f"tasks file {path}: two tasks are named {name!r}")
         facts = _fact_ids(entry.get("facts"), dataset.facts, f"tasks file {path}, task {name}")

@@ -18,7 +18,7 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     """A transformers vision backbone from its config (random init) or a local pretrained folder.
 
     Returns the module and its output channel count. No network access: ``pretrained`` must be a
-    local directory saved with ``save_pretrained``.
+    local directory saved with ``save_pretrained`` (safetensors weights; nothing is unpickled).
     """
     from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
@@ -31,7 +31,8 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     kwargs = {} if add_pooling is None else {"add_pooling_layer": add_pooling}
     if cfg.pretrained:
         try:
-            backbone = model_cls.from_pretrained(cfg.pretrained, local_files_only=True, **kwargs)
+            # safetensors only: a pytorch_model.bin would be unpickled
+            backbone = model_cls.from_pretrained(cfg.pretrained, local_files_only=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise UserError(f"model.pretrained: cannot load a {cfg.backbone} backbone from {cfg.pretrained}: {exc}") from None
     else:
