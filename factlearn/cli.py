@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .errors import UserError
 
@@ -16,17 +18,28 @@ from .errors import UserError
 METHOD_NAMES = ("finetune", "mas", "lmas", "l2", "ewc", "online_ewc", "si", "lwf", "joint")
 
 
+def _rank() -> int:
+    """This process's rank when torchrun started it (0 otherwise): only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class Group(click.Group):
-    """Turns a UserError into one line on stderr and exit code 2, never a traceback."""
+    """Turns a UserError into one line on stderr and exit code 2, never a traceback.
+
+    Under torchrun, an error every rank meets (see factlearn.distributed) is printed by rank 0
+    alone; one only another rank meets is printed by it, naming its rank.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):
+                click.echo(f"Error: {exc}" if _rank() == 0 else f"Error (rank {_rank()}): {exc}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt as exc:
-            click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
+            if _rank() == 0:
+                click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
             ctx.exit(130)
 
 
@@ -49,7 +62,9 @@ class FiniteFloat(click.FloatRange):
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool) -> None:
     """Learn facts about images continually, without forgetting the old ones."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    # Under torchrun the other ranks log errors only: rank 0 speaks for all of them.
+    logging.basicConfig(level=level if _rank() == 0 else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command()
@@ -218,8 +233,12 @@ def split(data_dir, kind, tasks, seed, out_file, adaptation, test_fraction, grou
 @click.option("--importance-data", type=click.Path(path_type=Path), default=None,
               help="mas, lmas: unlabeled images (folder, or data directory whose facts are ignored) for the image "
                    "tower's importance; the language tower's comes from the task's facts.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train with N processes on this machine (DDP: one per GPU, or CPU processes; train.batch_size is "
+                   "the global batch). Runs torchrun's launcher; for several machines run torchrun yourself "
+                   "(README, Scaling).")
 def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_file, out_dir, seed, device, resume,
-          importance_data) -> None:
+          importance_data, nproc) -> None:
     """Train a task sequence (B1 -> B2 -> ...) and evaluate every task after each one."""
     from .config import load_config
     from .continual import METHODS
@@ -235,9 +254,35 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
                                     "method.importance_data": None if importance_data is None else str(importance_data)})
     if cfg.method.name not in METHODS:
         raise UserError(f"config method.name {cfg.method.name!r} is not one of {', '.join(sorted(METHODS))}")
+    if nproc is not None and nproc > 1:
+        from .distributed import launch
+
+        if "WORLD_SIZE" in os.environ:
+            raise UserError("--nproc: this process was already started by torchrun; leave --nproc out")
+        ctx = click.get_current_context()
+        ctx.exit(launch(nproc, _given_arguments(ctx, leave_out="nproc")))  # on failure the ranks have said why
     doc = run_training(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, resume=resume)
-    click.echo(f"run written to {out_dir}")
-    click.echo(format_final(doc))
+    if _rank() == 0:
+        click.echo(f"run written to {out_dir}")
+        click.echo(format_final(doc))
+
+
+def _given_arguments(ctx: click.Context, leave_out: str) -> list[str]:
+    """The command line of ``ctx``'s command as the user gave it (options at their defaults left
+    out), from the group's options on: ``["-v", "train", "--data", "w", ...]``."""
+    argv = ["-v"] if ctx.parent is not None and ctx.parent.params.get("verbose") else []
+    argv.append(ctx.info_name)
+    for param in ctx.command.params:
+        if param.name == leave_out or ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Option) and param.is_flag:
+            argv += [param.opts[0]] if value else []
+        elif isinstance(param, click.Option):
+            argv += [param.opts[0], str(value)]
+        else:
+            argv.append(str(value))
+    return argv
 
 
 ORDER_LABELS = {"1": "<S>", "2": "<S,P>", "3": "<S,P,O>"}

@@ -52,6 +52,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam | sgd
+    lr_schedule: str = "cosine"  # within each task: constant | cosine (decays to 0 at the task's last step)
     momentum: float = 0.9  # sgd only
     num_workers: int = 0
     # Steps between mid-task checkpoints (RUN_DIR/partial/), so that `train --resume` continues a
@@ -138,6 +139,7 @@ RANGES = {
 CHOICES = {
     "model.backbone": ("resnet", "vit"),
     "train.optimizer": ("adam", "sgd"),
+    "train.lr_schedule": ("constant", "cosine"),
     "split.kind": ("random", "semantic"),
     "method.accumulate": ("sum", "blend"),
     "method.importance": ("exact", "batch"),

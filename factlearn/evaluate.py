@@ -1,9 +1,17 @@
 """Per-task evaluation: nearest-fact retrieval through a FAISS index of the model's facts.
 
 For every task: embed its test images and its candidate facts (:func:`task_views`), rank the
-candidates per image through a :class:`FactIndex` (fact recognition: top-k, MRR, overall and
-per fact order), rank the images per candidate from the dense score matrix (image retrieval:
+candidates per image through a :class:`ShardedFactIndex` (fact recognition: top-k, MRR, overall
+and per fact order), rank the images per candidate by the same cosine scores (image retrieval:
 mAP, mAP@100), and optionally write the embeddings out (:func:`export_views`).
+
+Memory does not grow with the test set beyond its embeddings: images are embedded, and searched,
+``chunk`` at a time; the (n, C) ground truth and score matrices exist only ``chunk`` rows (search)
+or ``_BLOCK_ELEMENTS / n`` columns (retrieval) at a time. What is held whole is the embeddings,
+n x D float32 (0.75 KB per image at D = 192; the uint8 images the caller holds are 16 times
+that at 64 px), because a fact's AP ranks all n images at once. The fact index is sharded
+(:mod:`factlearn.retrieval.sharded`). Chunking changes no metric: they are computed once from
+per-image results.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from .data.splits import Task
 from .facts import FactTable
 from .io import atomic_path
 from .model import FactModel
-from .retrieval.index import FactIndex, normalised_rows, sized_options
-from .retrieval.metrics import correct_matrix, rank_metrics_from_topk, retrieval_ap
+from .retrieval.index import normalised_rows, sized_options
+from .retrieval.metrics import correct_matrix, first_correct_in_topk, hit_metrics, retrieval_ap
+from .retrieval.sharded import ShardedFactIndex
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,8 @@ KS = (1, 5, 10)
 AP_AT = 100
 RECALL_AT = 10  # approximate index vs exact search, on the same queries
 ORDERS = (1, 2, 3)  # <S>, <S,P>, <S,P,O>
+CHUNK = 8192  # images embedded and searched at a time (and facts embedded at a time)
+_BLOCK_ELEMENTS = 1 << 22  # score-matrix elements per retrieval block
 
 
 def candidates_for(tasks: Sequence[Task], j: int, trained: int, protocol: str) -> list[int]:
@@ -65,17 +76,25 @@ def task_views(
     trained: int,
     protocol: str = "standard",
     batch_size: int = 256,
+    chunk: int = CHUNK,
 ) -> list[TaskView]:
     """Embed all test images and facts once and cut them into one :class:`TaskView` per task.
 
     Args:
         images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
         trained: how many tasks the model has been trained on (for the generalized protocol).
+        batch_size: images per forward pass; chunk: images (rounded up to whole batches) and facts
+            embedded per call, so only the (N, D) embeddings grow with N.
     """
     image_fact_ids = np.asarray(image_fact_ids)
     # Normalised once here as the index would, so exported arrays and dense scores are cosines.
-    img_emb = normalised_rows(model.encode_images(images, batch_size=batch_size).numpy(), "images")  # (N, D)
-    fact_emb = normalised_rows(model.encode_facts(facts.facts).numpy(), "facts")  # (F, D)
+    img_emb = np.empty((len(images), model.dim), dtype=np.float32)  # (N, D)
+    step = batch_size * -(-chunk // batch_size)  # whole batches: the same passes as one call
+    for lo in range(0, len(images), step):
+        img_emb[lo : lo + step] = normalised_rows(
+            model.encode_images(images[lo : lo + step], batch_size=batch_size).numpy(), "images")
+    fact_emb = np.concatenate([normalised_rows(model.encode_facts(facts.facts[lo : lo + chunk]).numpy(), "facts")
+                               for lo in range(0, len(facts.facts), chunk)])  # (F, D)
     views = []
     for j, task in enumerate(tasks):
         cand = np.array(candidates_for(tasks, j, trained, protocol), dtype=np.int64)
@@ -85,14 +104,16 @@ def task_views(
 
 
 def evaluate_view(
-    view: TaskView, facts: FactTable, index_kind: str = "flat", index_options: dict[str, int] | None = None
+    view: TaskView, facts: FactTable, index_kind: str = "flat", index_options: dict[str, int] | None = None,
+    chunk: int = CHUNK,
 ) -> dict:
     """Recognition and retrieval metrics of one task.
 
-    Recognition ranks the candidates per image through a ``index_kind`` FactIndex (ties by
-    candidate order); retrieval ranks the images per candidate by the same cosine scores,
-    computed densely (n x C is small per task). Both use the wildcard ground truth of
-    :func:`factlearn.retrieval.metrics.correct_matrix`.
+    Recognition ranks the candidates per image through a ``index_kind`` ShardedFactIndex (ties by
+    candidate order), ``chunk`` images at a time; retrieval ranks the images per candidate by
+    the same cosine scores, computed a block of candidates at a time. Both use the wildcard
+    ground truth of :func:`factlearn.retrieval.metrics.correct_matrix`. ``chunk`` bounds memory
+    and changes no result.
 
     Returns:
         ``{"top1", "top5", "top10", "mrr", "n"}`` over the task's images, ``"map"`` and
@@ -102,30 +123,64 @@ def evaluate_view(
         the mean fraction of the exact top-10 that the index returned.
     """
     image_facts = [facts[i] for i in view.image_fact_ids]
-    correct = correct_matrix(image_facts, [facts[c] for c in view.candidates])  # (n, C) bool
-    n_cand = len(view.candidates)
+    cand_facts = [facts[c] for c in view.candidates]
+    n, n_cand = len(image_facts), len(cand_facts)
+    g = _correct_counts(image_facts, cand_facts, chunk)  # (n,) correct candidates per image
     # exact top-k with g correct candidates needs the first k + g - 1 positions
-    depth = min(n_cand, max(KS) + int(correct.sum(1).max(initial=1)) - 1)
+    depth = min(n_cand, max(KS) + int(g.max(initial=1)) - 1)
     options = {**sized_options(index_kind, n_cand), **(index_options or {})}
-    index = FactIndex(view.fact_emb, kind=index_kind, **options)
-    _, ranked = index.search(view.image_emb, depth)  # (n, depth) positions into candidates
-    result: dict = rank_metrics_from_topk(ranked, correct, ks=KS)
-
-    ap = retrieval_ap(view.image_emb @ view.fact_emb.T, correct, at=AP_AT)  # scores (n, C)
-    result["map"] = ap["map"]
-    result[f"map@{AP_AT}"] = ap[f"map@{AP_AT}"]
-
+    index = _index(view.fact_emb, index_kind, chunk, **options)
+    exact = _index(view.fact_emb, "flat", chunk) if index_kind != "flat" else None
+    k = min(RECALL_AT, n_cand)
+    first = np.empty(n, dtype=np.int64)  # place of the first correct candidate, -1: not within depth
+    recall = np.empty(n)
+    for lo in range(0, n, chunk):
+        part = slice(lo, lo + chunk)
+        _, ranked = index.search(view.image_emb[part], depth)  # (b, depth) positions into candidates
+        first[part] = first_correct_in_topk(ranked, correct_matrix(image_facts[part], cand_facts))  # (b, C) bool
+        if exact is not None:
+            recall[part] = _recall(ranked[:, :k], exact.search(view.image_emb[part], k)[1])
+    result: dict = hit_metrics(first, g, KS)
+    result.update(_retrieval(view, image_facts, cand_facts))
     orders = np.array([f.order for f in image_facts], dtype=np.int64)
-    result["by_order"] = {
-        str(o): rank_metrics_from_topk(ranked[orders == o], correct[orders == o], ks=KS)
-        for o in ORDERS
-        if (orders == o).any()
-    }
-    if index_kind != "flat":
-        k = min(RECALL_AT, n_cand)
-        _, exact = FactIndex(view.fact_emb).search(view.image_emb, k)  # (n, k)
-        result[f"recall@{RECALL_AT}"] = _recall(ranked[:, :k], exact)
+    result["by_order"] = {str(o): hit_metrics(first[orders == o], g[orders == o], KS) for o in ORDERS
+                          if (orders == o).any()}
+    if exact is not None:
+        result[f"recall@{RECALL_AT}"] = float(recall.mean()) if n else float("nan")
     return result
+
+
+def _index(fact_emb: np.ndarray, kind: str, chunk: int, **options: int) -> ShardedFactIndex:
+    return ShardedFactIndex.from_chunks((fact_emb[lo : lo + chunk] for lo in range(0, len(fact_emb), chunk)),
+                                        fact_emb.shape[1], kind, **options)
+
+
+def _correct_counts(image_facts: list, candidates: list, chunk: int) -> np.ndarray:
+    """(n,) how many candidates are correct for each image, from each distinct fact's row of the
+    ground truth, ``chunk`` distinct facts at a time."""
+    distinct = list(dict.fromkeys(image_facts))
+    counts = {}
+    for lo in range(0, len(distinct), chunk):
+        part = distinct[lo : lo + chunk]
+        counts.update(zip(part, correct_matrix(part, candidates).sum(axis=1)))
+    return np.array([counts[f] for f in image_facts], dtype=np.int64)
+
+
+def _retrieval(view: TaskView, image_facts: list, cand_facts: list) -> dict[str, float]:
+    """mAP and mAP@AP_AT over the candidates with a positive image, a block of candidates at a time
+    (per candidate, AP ranks all n images: the block's (n, b) scores and ground truth)."""
+    width = max(1, _BLOCK_ELEMENTS // max(1, len(image_facts)))
+    ap, ap_at = [], []
+    for lo in range(0, len(cand_facts), width):
+        cols = slice(lo, lo + width)
+        block = retrieval_ap(view.image_emb @ view.fact_emb[cols].T, correct_matrix(image_facts, cand_facts[cols]),
+                             at=AP_AT)  # scores (n, b)
+        ap.append(block["ap"])
+        ap_at.append(block[f"ap@{AP_AT}"])
+    ap, ap_at = np.concatenate(ap), np.concatenate(ap_at)
+    counted = ~np.isnan(ap)  # candidates without a positive image have no AP
+    return {"map": float(ap[counted].mean()) if counted.any() else float("nan"),
+            f"map@{AP_AT}": float(ap_at[counted].mean()) if counted.any() else float("nan")}
 
 
 def evaluate_tasks(
@@ -139,6 +194,7 @@ def evaluate_tasks(
     batch_size: int = 256,
     index_kind: str = "flat",
     index_options: dict[str, int] | None = None,
+    chunk: int = CHUNK,
 ) -> dict[str, dict]:
     """Recognition and retrieval metrics of every task's test images.
 
@@ -147,11 +203,12 @@ def evaluate_tasks(
         trained: how many tasks the model has been trained on (for the generalized protocol).
         protocol: ``"standard"`` or ``"generalized"`` candidates (:func:`candidates_for`).
         index_kind, index_options: the FactIndex used for recognition (``"flat"`` is exact).
+        chunk: images (and facts) embedded and searched at a time; bounds memory, changes no result.
     Returns:
         task name -> the dict of :func:`evaluate_view`.
     """
-    views = task_views(model, facts, tasks, images, image_fact_ids, trained, protocol, batch_size)
-    return {v.name: evaluate_view(v, facts, index_kind, index_options) for v in views}
+    views = task_views(model, facts, tasks, images, image_fact_ids, trained, protocol, batch_size, chunk)
+    return {v.name: evaluate_view(v, facts, index_kind, index_options, chunk) for v in views}
 
 
 def export_views(out_dir: str | Path, views: Sequence[TaskView], facts: FactTable, image_names: Sequence[str]) -> None:
@@ -177,12 +234,10 @@ def export_views(out_dir: str | Path, views: Sequence[TaskView], facts: FactTabl
     logger.info("exported %d tasks to %s", len(views), out_dir)
 
 
-def _recall(found: np.ndarray, exact: np.ndarray) -> float:
-    # found, exact: (n, k) ids; -1 in found is an empty place, never a hit.
-    if not len(exact):
-        return float("nan")
-    hits = [len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, exact)]
-    return float(np.mean(hits))
+def _recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    # found, exact: (b, k) ids -> (b,) fraction of each row's exact top k found; -1 in found is an
+    # empty place, never a hit.
+    return np.array([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, exact)], dtype=np.float64)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -10,6 +10,9 @@ drawn from a generator seeded by (seed, task, epoch), so ``--resume`` continues 
 checkpoint was taken: on CPU a killed and resumed run ends bit-identical to an uninterrupted one.
 Ctrl-C or SIGTERM stops after the current step, saving a checkpoint there (a second one stops at
 once). A checkpoint is never written from parameters that are no longer finite.
+
+Under torchrun every process runs this loop on its share of each global batch, with DDP over both
+towers; rank 0 alone writes and evaluates (:mod:`factlearn.distributed`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import math
 import signal
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +37,7 @@ from .continual import Method, StepBatch, TaskData, create_method
 from .data.images import load_images, to_model_input
 from .data.manifest import Dataset, load_dataset
 from .data.splits import Task, image_splits, load_tasks_file, make_split, save_split
+from .distributed import SINGLE, Context, data_parallel, join_group, leave_group
 from .errors import Interrupted, UserError
 from .evaluate import evaluate_tasks
 from .facts import matches
@@ -61,11 +66,25 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"--device {device}: not a device (use auto, cpu or cuda)") from None
 
 
-class Session:
-    """Everything a run holds in memory: data (decoded once), split, model, method."""
+def lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    """Learning rate of step ``step`` (0-based) of a task's ``total``: a pure function of the
+    position, so a resumed run takes exactly the same steps. Cosine decay ends each task at a
+    settled point instead of wherever the last constant-rate step left it."""
+    if schedule == "constant" or total <= 1:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / (total - 1)))
 
-    def __init__(self, dataset: Dataset, cfg: Config, seed: int, device: torch.device, progress: bool):
+
+class Session:
+    """Everything a run holds in memory: data (decoded once), split, model, method.
+
+    ``dist``: this process's rank among those training together (every rank holds all of it).
+    """
+
+    def __init__(self, dataset: Dataset, cfg: Config, seed: int, device: torch.device, progress: bool,
+                 dist: Context = SINGLE):
         self.dataset, self.cfg, self.seed, self.device, self.progress = dataset, cfg, seed, device, progress
+        self.dist = dist
         if cfg.split.tasks_file is not None:
             self.tasks = load_tasks_file(cfg.split.tasks_file, dataset).tasks
         else:
@@ -112,6 +131,7 @@ class Session:
         cap = self.cfg.method.max_importance_samples
         if cap is not None and len(rows) > cap:
             rows = np.sort(np.random.default_rng([self.seed, 7]).choice(rows, cap, replace=False))
+        rows = self.dist.take(rows)  # this rank's shard; TaskData.mean combines the shards' sums
         targets, exclude = self.labels(task.facts, rows)
         fact_tokens = self.tokens[task.facts].to(self.device)
         fact_mask = self.slot_mask[task.facts].to(self.device)
@@ -138,7 +158,7 @@ class Session:
                     self.slot_mask[fids].to(self.device),
                 )
 
-        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss)
+        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss, shard=self.dist)
 
     def optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg.train
@@ -159,6 +179,9 @@ class Session:
         ``save(epoch, batch, steps_done, optimizer)`` writes a mid-task checkpoint at that position
         (the next step to take). It is called every ``train.checkpoint_every`` steps, and when
         ``stop`` is requested (Ctrl-C), after which :class:`Interrupted` is raised.
+
+        ``train.batch_size`` is the global batch: with several ranks each takes its share of it
+        (``batch[rank::world]``) and DDP averages the gradients, so the steps are those of one process.
         """
         task, cfg, model = self.tasks[t], self.cfg.train, self.model
         stage = self.stage(t)  # the task itself, or the union so far for joint training
@@ -181,48 +204,66 @@ class Session:
         done = first_epoch * steps_per_epoch + first_batch
         bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not self.progress)
         try:
-            for epoch in range(first_epoch, cfg.epochs):
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t * 1009 + epoch)
-                order = torch.randperm(len(rows), generator=gen)
-                for batch in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
-                    sel = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
-                    x = to_model_input(self.images[rows[sel.numpy()]].to(self.device))
-                    targets = targets_all[sel].to(self.device)
-                    loss, penalty = self._step(opt, x, targets, exclude_all[targets_all[sel]].to(self.device),
-                                               fact_tokens, fact_mask, f"task {task.name} (step {done + 1})")
-                    done += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
-                    if save is None:
-                        continue
-                    position = (epoch, batch + 1) if batch + 1 < steps_per_epoch else (epoch + 1, 0)
-                    if stop is not None and stop.requested:
-                        folder = save(*position, done, opt)
-                        raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; checkpoint "
-                                          f"{folder}. Run the same command with --resume to continue from there.")
-                    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
-                        save(*position, done, opt)
+            with data_parallel(model, self.dist) as forward:
+                for epoch in range(first_epoch, cfg.epochs):
+                    gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t * 1009 + epoch)
+                    order = torch.randperm(len(rows), generator=gen)
+                    for batch in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
+                        sel = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # the global batch
+                        mine = self.dist.take(sel)
+                        x = to_model_input(self.images[rows[mine.numpy()]].to(self.device))
+                        targets = targets_all[mine].to(self.device)
+                        for group in opt.param_groups:
+                            group["lr"] = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
+                        loss, penalty = self._step(opt, forward, x, targets,
+                                                   exclude_all[targets_all[mine]].to(self.device), fact_tokens,
+                                                   fact_mask, self.dist.share(len(mine), len(sel)),
+                                                   f"task {task.name} (step {done + 1})")
+                        done += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
+                        if save is None:
+                            continue
+                        position = (epoch, batch + 1) if batch + 1 < steps_per_epoch else (epoch + 1, 0)
+                        if self.dist.any(stop is not None and stop.requested):
+                            folder = save(*position, done, opt)
+                            raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; "
+                                              f"checkpoint {folder}. Run the same command with --resume to continue "
+                                              "from there.")
+                        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+                            save(*position, done, opt)
         finally:
             bar.close()
         self.method.after_task(model, self.task_data(task))
 
-    def _step(self, opt: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor,
-              fact_tokens: torch.Tensor, fact_mask: torch.Tensor, where: str) -> tuple[float, float]:
-        """One optimizer step on pixels x (B, 3, H, W) against the stage's facts; returns (loss, penalty)."""
+    def _step(self, opt: torch.optim.Optimizer, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
+              exclude: torch.Tensor, fact_tokens: torch.Tensor, fact_mask: torch.Tensor, weight: float, where: str
+              ) -> tuple[float, float]:
+        """One optimizer step on pixels x (b, 3, H, W), this rank's share of the global batch, against
+        the stage's facts. ``forward``: both towers (DDP with several ranks); ``weight``: the share's
+        weight (:meth:`Context.share`). Returns the global batch's (loss, penalty)."""
         model = self.model
-        img = model.embed_images(x)  # (B, 3, d)
-        fact = model.embed_facts(fact_tokens, fact_mask)  # (F_t, 3, d)
-        loss = fact_loss(img, fact, fact_mask, targets, exclude, self.cfg.loss)
-        penalty = self.method.penalty(model, StepBatch(x, fact_tokens, fact_mask, image_emb=img, fact_emb=fact))
+        img, fact = forward(x, fact_tokens, fact_mask)  # (b, 3, d), (F_t, 3, d)
+        if len(x):
+            loss = fact_loss(img, fact, fact_mask, targets, exclude, self.cfg.loss)
+            penalty = self.method.penalty(model, StepBatch(x, fact_tokens, fact_mask, image_emb=img, fact_emb=fact))
+        else:  # a short last batch left this rank no image: it joins DDP's gradient average with weight 0
+            loss, penalty = (img.sum() + fact.sum()) * 0.0, None
         total = loss if penalty is None else loss + penalty
-        if not torch.isfinite(total):
-            raise Diverged(f"training diverged on {where}: the loss is {total.item()}; lower train.lr or method.lam.")
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        (total if weight == 1 else total * weight).backward()
+        # Every rank learns whether any rank's loss is not finite, so that all of them stop here.
+        local = loss.item(), 0.0 if penalty is None else penalty.item()
+        loss_sum, penalty_sum, bad = self.dist.all_sum([weight * local[0], weight * local[1],
+                                                        not math.isfinite(sum(local))])
+        loss_value, penalty_value = loss_sum / self.dist.world, penalty_sum / self.dist.world
+        if bad:
+            raise Diverged(f"training diverged on {where}: the loss is {loss_value + penalty_value}; "
+                           "lower train.lr or method.lam.")
         self.method.before_step(model)
         opt.step()
         self.method.after_step(model)
-        return loss.item(), 0.0 if penalty is None else penalty.item()
+        return loss_value, penalty_value
 
     def evaluate(self, trained: int, protocol: str) -> dict[str, dict]:
         """Every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat index."""
@@ -273,41 +314,61 @@ def train(
     overwritten; so is a directory another process is training into. Ctrl-C (or SIGTERM) saves a
     checkpoint at the current step and raises :class:`factlearn.errors.Interrupted`; a diverged
     loss raises a UserError naming the last good checkpoint, which is kept.
+
+    Started by torchrun (``WORLD_SIZE`` > 1), every process calls this and they train together
+    (:mod:`factlearn.distributed`); rank 0 writes the run directory and returns the same document.
     """
-    run = RunDir(out_dir)
-    fresh = _check_out_dir(run, resume)
-    dev = resolve_device(device)
-    dataset = load_dataset(data_dir)
-    s = Session(dataset, cfg, seed, dev, progress)
-    run.path.mkdir(parents=True, exist_ok=True)
-    with run.lock():
-        if _check_out_dir(run, resume) != fresh:
-            raise UserError(f"--out {run.path} was written to by another process while the data was loading")
-        return _train(run, fresh, data_dir, dataset, s, cfg, seed, dev)
+    ctx, dev, owned = join_group(resolve_device(device))
+    try:
+        run = RunDir(out_dir)
+        fresh = ctx.agree(lambda: _check_out_dir(run, resume))
+        dataset = ctx.agree(lambda: load_dataset(data_dir))
+        s = ctx.agree(lambda: Session(dataset, cfg, seed, dev, progress and ctx.is_main, ctx))
+        with ExitStack() as held:
+            def lock() -> None:  # rank 0 holds the run directory's lock for all of them
+                if ctx.is_main:
+                    run.path.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(run.lock())
+                    if _check_out_dir(run, resume) != fresh:
+                        raise UserError(f"--out {run.path} was written to by another process while the data was loading")
+
+            ctx.agree(lock)
+            return _train(run, fresh, data_dir, dataset, s, cfg, seed, dev)
+    finally:
+        leave_group(owned)
 
 
 def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg: Config, seed: int,
            dev: torch.device) -> dict:
+    ctx = s.dist  # rank 0 writes; the others wait for it where they could otherwise exit first
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
     start, partial = 0, None
     if fresh:
-        run.write_config(cfg)
-        groups = dataset.groups()
-        run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
-        run.write_json("vocab.json", s.vocab.words[2:])
-        save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
-        _write_run_json(run, data_dir, cfg, seed, dev, [])  # last: from now on the folder is a run
+        if ctx.is_main:
+            run.write_config(cfg)
+            groups = dataset.groups()
+            run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
+            run.write_json("vocab.json", s.vocab.words[2:])
+            save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
+            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world)  # last: from now on the folder is a run
     else:
-        start, rows, partial = _restore(run, s, cfg, seed, data_dir, dev)
+        start, rows, partial = ctx.agree(lambda: _restore(run, s, cfg, seed))  # every rank reads it
+        if ctx.is_main:  # after every rank has read the checkpoints
+            if start:
+                _write_progress(run, s, cfg, rows, data_dir, seed, dev, start)  # a crash may have come before them
+            if partial is None:
+                run.clear_partials()  # none, or one of a task completed since: nothing to continue
     last_good = run.checkpoint(s.tasks[start - 1].name) if start else None  # named when training diverges
 
-    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer) -> Path:
+    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer) -> Path | None:
         nonlocal last_good
-        _check_finite(s, f"task {s.tasks[t].name} (step {done})")
-        tensors, scalars = trainer_state(dev, opt)
-        state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
-                 "step": done, "rows": rows, "optimizer": scalars}
-        last_good = run.save_partial(s.tasks[t].name, done, s.model, s.method, state, tensors)
+        _check_finite(s, f"task {s.tasks[t].name} (step {done})")  # the same parameters on every rank
+        if ctx.is_main:
+            tensors, scalars = trainer_state(dev, opt)
+            state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
+                     "step": done, "rows": rows, "optimizer": scalars}
+            last_good = run.save_partial(s.tasks[t].name, done, s.model, s.method, state, tensors)
+        ctx.barrier()
         return last_good
 
     with StopRequest() as stop:
@@ -318,17 +379,21 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
                 _check_finite(s, f"the end of task {name}")
             except Diverged as exc:
                 kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
-                raise UserError(f"{exc} Stopped; {kept}.") from None
-            for proto in PROTOCOLS:
-                rows[proto].append(s.evaluate(t + 1, proto))
-            tensors, _ = trainer_state(dev)
-            last_good = run.save_checkpoint(name, s.model, s.method,
-                                            {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)
-            run.clear_partials()
-            doc = _write_progress(run, s, cfg, rows, data_dir, seed, dev, t + 1)
-            final = doc["final"]
-            logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
-            if stop.requested and t + 1 < len(s.tasks):
+                raise ctx.error(f"{exc} Stopped; {kept}.") from None
+            if ctx.is_main:
+                for proto in PROTOCOLS:
+                    rows[proto].append(s.evaluate(t + 1, proto))
+                tensors, _ = trainer_state(dev)
+                last_good = run.save_checkpoint(name, s.model, s.method,
+                                                {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)
+                run.clear_partials()
+                doc = _write_progress(run, s, cfg, rows, data_dir, seed, dev, t + 1)
+                final = doc["final"]
+                logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
+            else:
+                last_good = run.checkpoint(name)
+            ctx.barrier()
+            if ctx.any(stop.requested) and t + 1 < len(s.tasks):
                 raise Interrupted(f"stopped after task {name}; its checkpoint is complete. "
                                   "Run the same command with --resume to continue.")
     return run.read_json("metrics.json")
@@ -464,17 +529,19 @@ def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, data_dir, 
     """metrics.json and run.json after ``completed`` tasks (written after the task's checkpoint)."""
     doc = metrics_document(cfg.method.name, cfg.eval.protocol, s.tasks, rows)
     run.write_json("metrics.json", doc)
-    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]])
+    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]], s.dist.world)
     return doc
 
 
-def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str]) -> None:
+def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str],
+                    processes: int) -> None:
     run.write_json("run.json", {
         "factlearn_version": __version__,
         "data": str(Path(data_dir).resolve()),
         "method": cfg.method.name,
         "seed": seed,
         "device": str(dev),
+        "processes": processes,  # ranks that trained the latest task together (the results do not depend on it)
         "completed": done,
     })
 
@@ -483,9 +550,9 @@ def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.de
 RESUME_MAY_CHANGE = {"train.checkpoint_every"}
 
 
-def _restore(run: RunDir, s: Session, cfg: Config, seed: int, data_dir, dev: torch.device
-             ) -> tuple[int, dict, Partial | None]:
-    """Load the last complete checkpoint: the saved config, split and seed must match.
+def _restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict, Partial | None]:
+    """Load the last complete checkpoint: the saved config, split and seed must match. Reads only
+    (every rank loads the same files; the caller rewrites what a crash may have left stale).
 
     Returns the first task to train, the metric rows so far, and the mid-task checkpoint to
     continue that task from (None: from its start).
@@ -510,10 +577,8 @@ def _restore(run: RunDir, s: Session, cfg: Config, seed: int, data_dir, dev: tor
         if (folder / "trainer.safetensors").is_file():  # runs from before it existed: no RNG to restore
             set_rng_state(read_tensors(folder / "trainer.safetensors"), s.device)
         rows = _rows(read_json(folder / "state.json"), folder)
-        _write_progress(run, s, cfg, rows, data_dir, seed, dev, len(done))  # a crash may have come before them
     t, found = len(done), run.latest_partial()
     if found is None or t == len(s.tasks) or found[1].get("task") != t or found[1].get("name") != s.tasks[t].name:
-        run.clear_partials()  # none, or one of a task completed since: nothing to continue
         return t, rows, None
     folder, state = found
     try:

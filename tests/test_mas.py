@@ -91,6 +91,18 @@ def test_penalty_gradient_is_2_lambda_omega_delta():
         assert torch.allclose(p.grad, expected, atol=1e-7, rtol=1e-5), n
 
 
+def test_penalty_value_is_lambda_sum_omega_delta_squared():
+    model, task, _ = setup()
+    method = create_method(MethodConfig(name="mas", lam=3.0))
+    method.after_task(model, task)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    omega, anchor = method._get("omega"), method._get("anchor")
+    expected = 3.0 * sum((omega[n].double() * (p.detach().double() - anchor[n]) ** 2).sum() for n, p in trainable(model).items())
+    assert torch.allclose(method.penalty(model).double(), expected, rtol=1e-5, atol=0)
+
+
 def test_zero_importance_parameter_moves_as_in_finetuning():
     model, task, _ = setup()
     method = create_method(MethodConfig(name="mas", lam=100.0))

@@ -99,9 +99,7 @@ def lmas_importance(
         model.train(was_training)
         for h in handles:
             h.remove()
-    if n_samples == 0:
-        raise ValueError(f"task {task.name} has no samples to compute importance from")
-    return {n: t / n_samples for n, t in total.items()}
+    return task.mean(total, n_samples)  # over every rank's shard under torch.distributed
 
 
 class LMAS(DataImportance):

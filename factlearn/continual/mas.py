@@ -20,7 +20,7 @@ other kind of layer (e.g. ViT's position embeddings) fall back to ``torch.func.v
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +28,28 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, grad, vmap
 
-from .base import TaskData, trainable
-from .unlabeled import DataImportance
+from .base import TaskData
+from .unlabeled import IMAGE_TOWER, TOWERS, DataImportance
 
 logger = logging.getLogger(__name__)
 
 # A layer call as the fast rules see it: (its input, the gradient of sum_n ||F(x_n)||^2 with
 # respect to its output). Dimension 0 of both is the sample.
 Call = tuple[torch.Tensor, torch.Tensor]
-# Per-sample gradients are materialised at most this many elements at a time (4 MB in float32: a
-# chunk stays in cache between the matmul that writes it and the |.| and sum that read it).
+# Per-sample gradients are materialised at most this many elements at a time. On a CPU 4 MB of
+# float32, so that a chunk stays in cache between the matmul that writes it and the |.| and sum
+# that read it; on a GPU 256 MB, so that kernels are few and large.
 _CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS_GPU = 1 << 26
 
 
-def _abs_sum(per_sample: Callable[[slice], dict[str, torch.Tensor]], batch: int, elements: int) -> dict[str, torch.Tensor]:
+def _abs_sum(
+    per_sample: Callable[[slice], dict[str, torch.Tensor]], batch: int, elements: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """sum_n |per-sample gradient|, materialising ``per_sample(samples)`` (name -> fresh (b, *shape)
     tensors, overwritten here) in chunks of about ``_CHUNK_ELEMENTS`` (``elements`` per sample)."""
-    step = max(1, _CHUNK_ELEMENTS // max(1, elements))
+    budget = _CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS_GPU
+    step = max(1, budget // max(1, elements))
     total: dict[str, torch.Tensor] = {}
     for start in range(0, batch, step):
         for name, g in per_sample(slice(start, start + step)).items():
@@ -61,14 +66,14 @@ def _linear(m: nn.Linear, calls: list[Call], batch: int) -> dict[str, torch.Tens
         return {"weight": g.T @ x.abs(), "bias": g.sum(0)}
 
     def per_sample(s: slice) -> dict[str, torch.Tensor]:
-        w = b = 0
+        w = b = None
         for x, g in calls:  # (B, ..., in), (B, ..., out): a sample's gradient sums over its rows
             g = g[s].reshape(g[s].shape[0], -1, m.out_features)  # (b, T, out)
-            w = w + g.transpose(1, 2) @ x[s].reshape(g.shape[0], -1, m.in_features)  # (b, out, in)
-            b = b + g.sum(1)
+            wc = g.transpose(1, 2) @ x[s].reshape(g.shape[0], -1, m.in_features)  # (b, out, in)
+            w, b = (wc, g.sum(1)) if w is None else (w + wc, b + g.sum(1))
         return {"weight": w, "bias": b}
 
-    return _abs_sum(per_sample, batch, m.weight.numel())
+    return _abs_sum(per_sample, batch, m.weight.numel(), m.weight.device)
 
 
 def _conv2d(m: nn.Conv2d, calls: list[Call], batch: int) -> dict[str, torch.Tensor]:
@@ -80,44 +85,50 @@ def _conv2d(m: nn.Conv2d, calls: list[Call], batch: int) -> dict[str, torch.Tens
     c_out, c_in, groups = m.out_channels, m.in_channels, m.groups
     og, cg = c_out // groups, c_in // groups
     h, w = calls[0][1].shape[2:]
+    # Channels-last views cost nothing when the module runs channels-last (as _covered_abs_grad_sum
+    # makes it); otherwise one copy per tensor.
     inputs = [F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous() for x, _ in calls]  # (B, Hp, Wp, C_in)
-    grads = [g.reshape(batch, c_out, -1) for _, g in calls]  # (B, C_out, L)
+    grads = [g.permute(0, 2, 3, 1).reshape(batch, h * w, c_out) for _, g in calls]  # (B, L, C_out)
 
     def per_sample(s: slice) -> dict[str, torch.Tensor]:
         out = []
         for k in range(groups):
-            wk = 0
+            wk = None
             for xp, g in zip(inputs, grads):
                 xp = xp[s, :, :, k * cg : (k + 1) * cg]
                 b, sb, sy, sx, sc = xp.shape[0], *xp.stride()
                 patches = xp.as_strided((b, h, w, kh, kw, cg), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc))
-                wk = wk + g[s, k * og : (k + 1) * og] @ patches.reshape(b, h * w, kh * kw * cg)  # (b, C_out/G, kh*kw*C_in/G)
+                gk = g[s, :, k * og : (k + 1) * og].transpose(1, 2)  # (b, C_out/G, L)
+                wk_call = gk @ patches.reshape(b, h * w, kh * kw * cg)  # (b, C_out/G, kh*kw*C_in/G)
+                wk = wk_call if wk is None else wk + wk_call
             out.append(wk)
-        return {"weight": torch.cat(out, 1) if groups > 1 else out[0], "bias": sum(g[s].sum(2) for g in grads)}
+        return {"weight": torch.cat(out, 1) if groups > 1 else out[0], "bias": sum(g[s].sum(1) for g in grads)}
 
-    total = _abs_sum(per_sample, batch, c_out * kh * kw * cg + h * w * kh * kw * c_in)
+    total = _abs_sum(per_sample, batch, c_out * kh * kw * cg + h * w * kh * kw * c_in, m.weight.device)
     total["weight"] = total["weight"].view(c_out, kh, kw, cg).permute(0, 3, 1, 2)  # back to (C_out, C_in/G, kh, kw)
     return total
 
 
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, calls: list[Call], batch: int) -> dict[str, torch.Tensor]:
-    # Eval mode: y = x_hat * weight + bias with x_hat from the running statistics (fixed per channel).
-    w = b = 0
-    for x, g in calls:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        x_hat = (x - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
-        w = w + (g * x_hat).reshape(batch, m.num_features, -1).sum(2)  # (B, C)
-        b = b + g.reshape(batch, m.num_features, -1).sum(2)
+    # Eval mode: y = x_hat * weight + bias, x_hat = (x - mean) * r with the running statistics, so a
+    # sample's weight gradient sum_pos g * x_hat = r * (sum_pos g * x - mean * sum_pos g).
+    r = torch.rsqrt(m.running_var + m.eps)  # (C,)
+    w = b = None
+    for x, g in calls:  # (B, C, *spatial)
+        gx = (g * x).flatten(2).sum(2) if x.dim() > 2 else g * x  # (B, C)
+        gs = g.flatten(2).sum(2) if x.dim() > 2 else g
+        wn = r * (gx - m.running_mean * gs)
+        w, b = (wn, gs) if w is None else (w + wn, b + gs)
     return {"weight": w.abs().sum(0), "bias": b.abs().sum(0)}
 
 
 def _layer_norm(m: nn.LayerNorm, calls: list[Call], batch: int) -> dict[str, torch.Tensor]:
     shape = tuple(m.normalized_shape)
-    w = b = 0
+    w = b = None
     for x, g in calls:  # (B, ..., *shape)
         x_hat = F.layer_norm(x, shape, eps=m.eps)
-        w = w + (g * x_hat).reshape(batch, -1, *shape).sum(1)  # (B, *shape)
-        b = b + g.reshape(batch, -1, *shape).sum(1)
+        wc, bc = (g * x_hat).reshape(batch, -1, *shape).sum(1), g.reshape(batch, -1, *shape).sum(1)  # (B, *shape)
+        w, b = (wc, bc) if w is None else (w + wc, b + bc)
     return {"weight": w.abs().sum(0), "bias": b.abs().sum(0)}
 
 
@@ -161,129 +172,160 @@ def fast_plan(tower: nn.Module, names: set[str]) -> tuple[dict[str, nn.Module], 
     Returns the covered layers (module path -> module) and the names left for the vmap fallback.
     A parameter shared by several layers is left to the fallback (its per-sample gradients from
     each use must be summed before |.|). A batch-norm layer that normalises with batch statistics
-    even in eval mode couples the samples of a batch; then the whole tower falls back.
+    (train mode, or no running statistics) couples the samples of a batch; then everything falls back.
     """
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in tower.modules()):
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None) for m in tower.modules()):
         return {}, sorted(names)
     uses: dict[int, int] = {}
     for _, p in tower.named_parameters(remove_duplicate=False):
         uses[id(p)] = uses.get(id(p), 0) + 1
     covered: dict[str, nn.Module] = {}
     for path, m in tower.named_modules():
-        own = [(f"{path}.{n}" if path else n, p) for n, p in m.named_parameters(recurse=False)]
-        if _rule(m) is not None and any(n in names for n, _ in own) and all(uses[id(p)] == 1 for _, p in own):
+        own = _own_parameters(path, m)
+        if _rule(m) is not None and any(n in names for n in own) and all(uses[id(p)] == 1 for p in own.values()):
             covered[path] = m
-    done = {f"{path}.{n}" if path else n for path, m in covered.items() for n, _ in m.named_parameters(recurse=False)}
+    done = {n for path, m in covered.items() for n in _own_parameters(path, m)}
     return covered, sorted(names - done)
 
 
-def _tower_importance_exact(
-    tower: nn.Module, prefix: str, inputs: tuple[torch.Tensor, ...], params: dict[str, torch.Tensor]
+def _own_parameters(path: str, layer: nn.Module) -> dict[str, nn.Parameter]:
+    """A layer's own parameters, named from the top of the module it sits in."""
+    return {f"{path}.{n}" if path else n: p for n, p in layer.named_parameters(recurse=False)}
+
+
+def per_sample_abs_grad_sum(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Iterable[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Sum over the batch of per-sample |d ||tower(x_n)||^2 / d theta|: one batched backward pass
-    for the layers with a fast rule, vmap over samples for the other parameters."""
-    local = {n[len(prefix) :]: p for n, p in params.items() if n.startswith(prefix)}
-    covered, rest = fast_plan(tower, set(local))
-    batch = inputs[0].shape[0]
+    """sum_n |d ||module(x_n)||^2 / d theta| over a batch, for the trainable parameters ``names``.
+
+    One batched forward and backward pass gives every covered layer's per-sample gradients (see the
+    module docstring); the parameters :func:`fast_plan` leaves out go through ``vmap(grad)``.
+    ``module`` must be in eval mode, with samples along dimension 0 of every input and of every
+    covered layer's input and output.
+
+    Args:
+        module: e.g. a tower of a FactModel.
+        inputs: the batch, passed as ``module(*inputs)``.
+        names: parameter names relative to ``module``; default every trainable parameter.
+    Returns:
+        name -> sum over the batch of the per-sample absolute gradient, shaped like the parameter.
+    """
+    params = dict(module.named_parameters())
+    names = [n for n, p in params.items() if p.requires_grad] if names is None else list(names)
+    covered, rest = fast_plan(module, set(names))
     out: dict[str, torch.Tensor] = {}
     if covered:
-        calls: dict[str, list[tuple[torch.Tensor, GradientEdge]]] = {path: [] for path in covered}
-
-        def record(path: str) -> Callable:
-            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-                if output.requires_grad:
-                    # The edge into the layer's own backward node, taken now: an in-place op further
-                    # on (``x += residual``, ReLU(inplace=True)) gives the output tensor a new node,
-                    # but the gradient we need is the one with respect to the layer's output.
-                    calls[path].append((args[0].detach(), get_gradient_edge(output)))
-
-            return hook
-
-        handles = [m.register_forward_hook(record(path)) for path, m in covered.items()]
-        try:
-            with torch.enable_grad():
-                loss = tower(*inputs).pow(2).sum()
-        finally:
-            for h in handles:
-                h.remove()
-        wanted = [(path, i) for path, cs in calls.items() for i in range(len(cs))]
-        # Gradients with respect to the layer outputs only: autograd skips the batch-summed
-        # parameter gradients, which the rules below replace with per-sample ones.
-        grads = torch.autograd.grad(loss, [calls[p][i][1] for p, i in wanted], allow_unused=True) if wanted else ()
-        got: dict[str, list[Call]] = {path: [] for path in covered}
-        for (path, i), g in zip(wanted, grads):
-            if g is not None:  # None: this output does not reach F (zero contribution)
-                got[path].append((calls[path][i][0], g))
-        del calls, loss
-        for path, cs in got.items():
-            if cs:
-                m = covered[path]
-                for attr, imp in _rule(m)(m, cs, batch).items():
-                    name = f"{path}.{attr}" if path else attr
-                    if name in local:
-                        out[prefix + name] = imp
+        fast, misfits = _covered_abs_grad_sum(module, inputs, covered)
+        out.update(fast)
+        rest += sorted(n for path in misfits for n in _own_parameters(path, covered[path]) if n in names)
     if rest:
-        logger.debug("MAS importance: vmap fallback for %s", ", ".join(prefix + n for n in rest))
-        out.update(_tower_importance_vmap(tower, prefix, inputs, {prefix + n: local[n] for n in rest}))
-    return {prefix + n: out.get(prefix + n, torch.zeros_like(p)) for n, p in local.items()}
+        logger.debug("per-sample gradients by vmap for %s", ", ".join(rest))
+        out.update(_vmap_abs_grad_sum(module, inputs, rest))
+    return {n: out[n] if n in out else torch.zeros_like(params[n]) for n in names}
 
 
-def _tower_importance_vmap(
-    tower: nn.Module, prefix: str, inputs: tuple[torch.Tensor, ...], params: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Sum over the batch of per-sample |d ||tower(x_n)||^2 / d theta| for ``params`` (vmap over samples)."""
-    local = {n[len(prefix) :]: p.detach() for n, p in params.items() if n.startswith(prefix)}
-    fixed = {n: p.detach() for n, p in tower.named_parameters() if n not in local}
-    buffers = {n: b for n, b in tower.named_buffers()}
+def _covered_abs_grad_sum(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], covered: dict[str, nn.Module]
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The covered layers' sums, and the layers that turned out not to see one row per sample."""
+    batch = inputs[0].shape[0]
+    # Images channels-last: oneDNN/cuDNN convolutions run faster on it (about 1.4x for the whole
+    # pass on a CPU) and the convolution rule then reads inputs and gradients without copies.
+    inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
+    calls: list[tuple[str, torch.Tensor, GradientEdge]] = []  # (layer path, its input, edge into its backward)
+    misfits: set[str] = set()  # layers called on something else than the batch (e.g. samples x tokens folded)
+
+    def record(path: str) -> Callable:
+        def hook(layer: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            if x.shape[0] != batch or output.shape[0] != batch:
+                misfits.add(path)
+            elif output.requires_grad:
+                # The edge into the layer's own backward node, taken now: an in-place op further on
+                # (``x += residual``, ReLU(inplace=True)) gives the output tensor a new node, but the
+                # gradient wanted is the one with respect to the layer's output.
+                calls.append((path, x.detach(), get_gradient_edge(output)))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(path), with_kwargs=True) for path, m in covered.items()]
+    try:
+        with torch.enable_grad():
+            loss = module(*inputs).pow(2).sum()
+    finally:
+        for h in handles:
+            h.remove()
+    calls = [c for c in calls if c[0] not in misfits]
+    if not calls:
+        return {}, misfits
+    # Gradients with respect to the layer outputs only: autograd skips the batch-summed parameter
+    # gradients, which the rules replace with per-sample ones.
+    grads = torch.autograd.grad(loss, [edge for _, _, edge in calls], allow_unused=True)
+    per_layer: dict[str, list[Call]] = {}
+    for (path, x, _), g in zip(calls, grads):
+        if g is not None:  # None: this call's output does not reach the module's output
+            per_layer.setdefault(path, []).append((x, g))
+    del calls, grads, loss
+    out = {}
+    for path, layer_calls in per_layer.items():
+        layer = covered[path]
+        for attr, imp in _rule(layer)(layer, layer_calls, batch).items():
+            if getattr(layer, attr) is not None:
+                out[f"{path}.{attr}" if path else attr] = imp
+    return out, misfits
+
+
+def _vmap_abs_grad_sum(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]) -> dict[str, torch.Tensor]:
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    local = {n: params.pop(n) for n in names}
+    buffers = dict(module.named_buffers())
 
     def sq_norm(p: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
-        out = functional_call(tower, (p, fixed, buffers), tuple(s.unsqueeze(0) for s in sample))
-        return out.pow(2).sum()
+        return functional_call(module, (p, params, buffers), tuple(s.unsqueeze(0) for s in sample)).pow(2).sum()
 
     per_sample = vmap(grad(sq_norm), in_dims=(None,) + (0,) * len(inputs))(local, *inputs)  # name -> (B, *shape)
-    return {prefix + n: g.abs().sum(0) for n, g in per_sample.items()}
+    return {n: g.abs().sum(0) for n, g in per_sample.items()}
 
 
-def _tower_importance_batch(
-    tower: nn.Module, prefix: str, inputs: tuple[torch.Tensor, ...], params: dict[str, torch.Tensor]
+def batch_abs_grad(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """|d sum_n ||module(x_n)||^2 / d theta|: a cheaper lower bound of :func:`per_sample_abs_grad_sum`."""
+    params = dict(module.named_parameters())
+    names = [n for n, p in params.items() if p.requires_grad] if names is None else list(names)
+    grads = torch.autograd.grad(module(*inputs).pow(2).sum(), [params[n] for n in names], allow_unused=True)
+    return {n: (g.abs() if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+
+
+def mas_importance(
+    model: nn.Module, task: TaskData, batch_size: int = 64, exact: bool = True, towers: tuple[str, ...] = TOWERS
 ) -> dict[str, torch.Tensor]:
-    """|d sum_n ||tower(x_n)||^2 / d theta|: a cheaper lower bound of the per-sample sum."""
-    local = {n: p for n, p in params.items() if n.startswith(prefix)}
-    grads = torch.autograd.grad(tower(*inputs).pow(2).sum(), list(local.values()), allow_unused=True)
-    return {n: (g.abs() if g is not None else torch.zeros_like(p)) for (n, p), g in zip(local.items(), grads)}
-
-
-def mas_importance(model: nn.Module, task: TaskData, batch_size: int = 64, exact: bool = True) -> dict[str, torch.Tensor]:
-    """MAS importance of every trainable parameter of a FactModel over ``task``'s samples.
+    """MAS importance of the trainable parameters of ``towers`` of a FactModel over ``task``'s samples.
 
     Args:
         model: a :class:`factlearn.model.FactModel`.
         task: the samples (images and their facts), iterated once in fixed order.
-        batch_size: samples per vmap call (memory grows as batch_size x parameters).
+        batch_size: samples per batched pass (memory grows with it: activations, and per-sample
+            gradients of vmap-fallback parameters).
         exact: per-sample absolute gradients (the method); False = |gradient of the batch sum|.
+        towers: which towers (``"image_tower"``, ``"language_tower"``).
     Returns:
         name -> importance tensor shaped like the parameter, on the parameter's device.
     """
-    params = trainable(model)
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    fn = _tower_importance_exact if exact else _tower_importance_batch
+    fn = per_sample_abs_grad_sum if exact else batch_abs_grad
+    names = {t: [n for n, p in getattr(model, t).named_parameters() if p.requires_grad] for t in towers}
+    total = {f"{t}.{n}": torch.zeros_like(p) for t in towers for n, p in getattr(model, t).named_parameters() if p.requires_grad}
     was_training = model.training
     model.eval()  # deterministic function: dropout off, batch-norm running statistics
     n_samples = 0
     try:
         for pixels, tokens, mask in task.batches(batch_size):
             n_samples += pixels.shape[0]
-            for part in (
-                fn(model.image_tower, "image_tower.", (pixels,), params),
-                fn(model.language_tower, "language_tower.", (tokens, mask), params),
-            ):
-                for n, g in part.items():
-                    total[n] += g
+            for tower in towers:
+                inputs = (pixels,) if tower == IMAGE_TOWER else (tokens, mask)
+                for n, g in fn(getattr(model, tower), inputs, names[tower]).items():
+                    total[f"{tower}.{n}"] += g
     finally:
         model.train(was_training)
-    if n_samples == 0:
-        raise ValueError(f"task {task.name} has no samples to compute importance from")
-    return {n: t / n_samples for n, t in total.items()}
+    return task.mean(total, n_samples)  # over every rank's shard under torch.distributed
 
 
 class MAS(DataImportance):
@@ -292,10 +334,7 @@ class MAS(DataImportance):
     name = "mas"
 
     def tower_importance(self, model: nn.Module, data: TaskData, towers: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        # mas_importance covers both towers; with one tower asked for (importance_data), the other's
-        # part is computed and dropped.
-        omega = mas_importance(model, data, self.cfg.importance_batch_size, exact=self.cfg.importance == "exact")
-        omega = {n: o for n, o in omega.items() if n.split(".", 1)[0] in towers}
+        omega = mas_importance(model, data, self.cfg.importance_batch_size, self.cfg.importance == "exact", towers)
         logger.info("MAS importance (%s) on %s: mean %.3g, max %.3g", ", ".join(towers), data.name,
                     torch.stack([o.mean() for o in omega.values()]).mean(), max(o.max() for o in omega.values()))
         return omega

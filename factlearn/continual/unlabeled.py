@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.images import load_images, to_model_input
 from ..data.manifest import MANIFEST_NAMES, load_dataset
+from ..distributed import SINGLE, Context
 from ..errors import UserError
 from .base import QuadraticPenalty, TaskData
 
@@ -41,9 +42,10 @@ def image_paths(source: str | Path) -> list[Path]:
 
 def unlabeled_task(
     paths: list[Path], image_size: int, device: torch.device | str, cap: int | None = None, seed: int = 0,
-    name: str = "unlabeled",
+    name: str = "unlabeled", shard: Context = SINGLE,
 ) -> TaskData:
-    """Decode ``paths`` once (at most ``cap``, a seeded subset) into a TaskData without facts.
+    """Decode ``paths`` once (at most ``cap``, a seeded subset; under torch.distributed this rank's
+    ``shard`` of them) into a TaskData without facts.
 
     Its batches carry empty facts (tokens (B, 3, 1) of padding, slot mask (B, 3) of zeros): the
     language tower's output on them is zero, so only the image tower's importance is meaningful.
@@ -51,6 +53,7 @@ def unlabeled_task(
     if cap is not None and len(paths) > cap:
         keep = np.sort(np.random.default_rng([seed, 7]).choice(len(paths), cap, replace=False))
         paths = [paths[i] for i in keep]
+    paths = list(shard.take(paths))
     images = load_images(paths, image_size)  # (N, 3, S, S) uint8, on CPU
     logger.info("importance data: %d unlabeled images", len(paths))
 
@@ -60,7 +63,7 @@ def unlabeled_task(
             b = x.shape[0]
             yield x, torch.zeros((b, 3, 1), dtype=torch.long, device=device), torch.zeros((b, 3), device=device)
 
-    return TaskData(name, len(images), batches)
+    return TaskData(name, len(images), batches, shard=shard)
 
 
 class DataImportance(QuadraticPenalty):
@@ -81,7 +84,7 @@ class DataImportance(QuadraticPenalty):
 
     def before_task(self, model: nn.Module, task: TaskData) -> None:
         if self.cfg.importance_data is not None:
-            self.unlabeled(model)  # decoded now: a bad path or image fails before training, not after it
+            self.unlabeled(model, task.shard)  # decoded now: a bad path or image fails before training, not after it
         super().before_task(model, task)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
@@ -89,14 +92,15 @@ class DataImportance(QuadraticPenalty):
             return self.tower_importance(model, task, TOWERS)
         return {
             **self.tower_importance(model, task, (LANGUAGE_TOWER,)),
-            **self.tower_importance(model, self.unlabeled(model), (IMAGE_TOWER,)),
+            **self.tower_importance(model, self.unlabeled(model, task.shard), (IMAGE_TOWER,)),
         }
 
-    def unlabeled(self, model: nn.Module) -> TaskData:
-        """The ``importance_data`` images, decoded once and reused after every task."""
+    def unlabeled(self, model: nn.Module, shard: Context = SINGLE) -> TaskData:
+        """The ``importance_data`` images (this rank's ``shard`` of them), decoded once and reused
+        after every task."""
         if self._unlabeled is None:
             if self._paths is None:
                 self._paths = image_paths(self.cfg.importance_data)
             self._unlabeled = unlabeled_task(self._paths, model.cfg.image_size, model.device,
-                                             self.cfg.max_importance_samples)
+                                             self.cfg.max_importance_samples, shard=shard)
         return self._unlabeled

@@ -68,7 +68,7 @@ def recognition_metrics(
     for lo in range(0, n, block):
         rows = slice(lo, lo + block)
         first[rows] = _first_correct_position(scores[rows], correct[rows])
-    return _hit_metrics(first, correct.sum(axis=1), ks)
+    return hit_metrics(first, correct.sum(axis=1), ks)
 
 
 def rank_metrics_from_topk(
@@ -97,12 +97,18 @@ def rank_metrics_from_topk(
         )
     if topk_ids.size and (topk_ids.max() >= correct.shape[1] or topk_ids.min() < -1):
         raise ValueError(f"topk_ids: expected ids in [-1, {correct.shape[1]}), got values outside")
+    return hit_metrics(first_correct_in_topk(topk_ids, correct), correct.sum(axis=1), ks)
+
+
+def first_correct_in_topk(topk_ids: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """(N,) 0-based place of the first correct id in each row of ``topk_ids`` (N, K), -1 when none
+    is (ids as in :func:`rank_metrics_from_topk`). With :func:`hit_metrics`, metrics over images
+    processed in chunks: concatenate the chunks' places and counts, then compute once."""
     valid = topk_ids >= 0
     hit = correct[np.arange(len(correct))[:, None], np.where(valid, topk_ids, 0)] & valid  # (N, K)
     # Not found within K (-1): the rank is worse than K, a miss for every k the caller can
     # trust (see Exactness), and 0 towards MRR.
-    first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    return _hit_metrics(first, correct.sum(axis=1), ks)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
 
 
 def retrieval_ap(scores: np.ndarray, correct: np.ndarray, at: int | None = 100) -> dict:
@@ -208,9 +214,10 @@ def _first_correct_position(scores: np.ndarray, correct: np.ndarray) -> np.ndarr
     return np.where(correct.any(axis=1), ahead.sum(axis=1), -1)
 
 
-def _hit_metrics(first: np.ndarray, g: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    # first: (N,) 0-based place of the first correct candidate, -1 if none was found;
-    # g: (N,) number of correct candidates. Sherlock's rule: hit@k iff first < k + g - 1.
+def hit_metrics(first: np.ndarray, g: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The dict of :func:`recognition_metrics` from, per image, the 0-based place of the first
+    correct candidate (``first`` (N,), -1 if none was found) and the number of correct candidates
+    (``g`` (N,)). Sherlock's rule: hit@k iff first < k + g - 1."""
     found = first >= 0
     out = {f"top{k}": _mean(found & (first < k + g - 1)) for k in ks}
     rr = np.zeros(len(first))

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Training throughput with 1 process vs N processes (DistributedDataParallel; gloo on CPU).
+
+    OMP_NUM_THREADS=1 python scripts/bench_ddp.py [--world DIR] [--nproc 2] [--epochs 3] [--repeats 2]
+
+Generates the small built-in world (48 facts x 80 images at 64 px; a few seconds) unless --world
+names one, then times the training of task B1 (``Session.train_task``: its steps, with the
+default model, ``train.batch_size`` 64 as the global batch, method finetune; decoding, importance
+and evaluation are not timed) in three set-ups:
+
+- 1 process, T threads (T = OMP_NUM_THREADS, default 1): the baseline;
+- N processes, T threads each (torch.multiprocessing, gloo): DDP with GlobalBatchNorm;
+- 1 process, N*T threads: the same cores used by one process instead.
+
+Each rank times from a barrier to the end of its task; the slowest rank counts. Prints images/s
+(training images x epochs / seconds, best of --repeats) and the ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from factlearn.config import load_config
+from factlearn.data.manifest import load_dataset
+from factlearn.data.synth import generate_world
+from factlearn.distributed import SINGLE, Context, join_group
+from factlearn.train import Session
+
+
+def time_task(world: str, epochs: int, ctx: Context) -> tuple[float, int]:
+    """Seconds to train task B1 on this rank, and the images trained on (all ranks together)."""
+    cfg = load_config(None, {"train.epochs": epochs, "train.checkpoint_every": 0, "method.name": "finetune"})
+    s = Session(load_dataset(world), cfg, 0, torch.device("cpu"), False, ctx)
+    ctx.barrier()
+    start = time.perf_counter()
+    s.train_task(0)
+    ctx.barrier()
+    return time.perf_counter() - start, epochs * len(s.rows(s.tasks[0], test=False))
+
+
+def rank_main(rank: int, nproc: int, threads: int, store: str, world: str, epochs: int, out: str) -> None:
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=nproc)
+    try:
+        ctx, _, _ = join_group(torch.device("cpu"))
+        seconds, images = time_task(world, epochs, ctx)
+        if ctx.is_main:
+            Path(out).write_text(f"{seconds} {images}")
+    finally:
+        dist.destroy_process_group()
+
+
+def measure(setup: str, world: str, epochs: int, nproc: int, threads: int, tmp: Path) -> float:
+    """images/s of one run of ``setup``."""
+    if nproc == 1:
+        torch.set_num_threads(threads)
+        seconds, images = time_task(world, epochs, SINGLE)
+    else:
+        store, out = tmp / f"store-{time.monotonic_ns()}", tmp / "result.txt"
+        mp.spawn(rank_main, args=(nproc, threads, str(store), world, epochs, str(out)), nprocs=nproc)
+        seconds, images = (float(v) for v in out.read_text().split())
+    print(f"  {setup:<28} {images / seconds:8.1f} images/s  ({seconds:.1f} s for {int(images)} images)", flush=True)
+    return images / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", type=Path, default=None, help="a data directory (default: generate the small world)")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        world = args.world
+        if world is None:
+            world = tmp / "world"
+            generate_world(world, seed=0, preset="small", workers=1)
+        setups = [("1 process", 1, threads), (f"{args.nproc} processes (DDP)", args.nproc, threads),
+                  (f"1 process, {args.nproc * threads} threads", 1, args.nproc * threads)]
+        best = {name: 0.0 for name, _, _ in setups}
+        print(f"task B1 of {world}, {args.epochs} epochs, {threads} thread(s) per process, "
+              f"{os.cpu_count()} CPUs visible", flush=True)
+        for r in range(args.repeats):
+            print(f"repeat {r + 1}", flush=True)
+            for name, nproc, n_threads in setups:
+                best[name] = max(best[name], measure(name, str(world), args.epochs, nproc, n_threads, tmp))
+    base = best[setups[0][0]]
+    print("\nbest of repeats:")
+    for name, _, _ in setups:
+        print(f"  {name:<28} {best[name]:8.1f} images/s  x{best[name] / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The batched exact MAS importance (per-layer per-sample gradients) against per-sample references."""
+
+import pytest
+import torch
+from torch import nn
+
+from factlearn.config import ModelConfig
+from factlearn.continual.base import TaskData
+from factlearn.continual import mas
+from factlearn.continual.mas import fast_plan, mas_importance, per_sample_abs_grad_sum
+from factlearn.facts import Fact
+from factlearn.model import Vocabulary, create_model
+
+from test_mas import reference_importance
+
+WORDS = ["star", "red", "circle", "left", "of", "dark", "blue"]
+FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
+
+
+def reference(module: nn.Module, inputs: tuple) -> dict[str, torch.Tensor]:
+    """One sample at a time, plain autograd: sum_n |d ||module(x_n)||^2 / d theta|."""
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(inputs[0].shape[0]):
+        out = module(*(x[i : i + 1] for x in inputs)).pow(2).sum()
+        for (n, p), g in zip(params.items(), torch.autograd.grad(out, list(params.values()), allow_unused=True)):
+            if g is not None:
+                total[n] += g.abs()
+    return total
+
+
+def assert_close(fast: dict, ref: dict, tol: float = 1e-5) -> None:
+    """Relative to each parameter's largest importance; a parameter whose true gradient is zero (a
+    ViT key bias: softmax ignores it) is compared at the rounding level of the whole model."""
+    assert set(fast) == set(ref)
+    floor = 1e-6 * max(v.abs().max() for v in ref.values())
+    for n in ref:
+        scale = ref[n].abs().max().clamp(min=floor)
+        assert ((fast[n] - ref[n]).abs().max() / scale) < tol, n
+
+
+def model_and_task(cfg: ModelConfig, n: int, seed: int = 0):
+    torch.manual_seed(seed)
+    vocab = Vocabulary(WORDS)
+    model = create_model(cfg, vocab)
+    s = cfg.image_size
+    model.train()  # non-trivial batch-norm statistics, so eval mode differs from train mode
+    model.embed_images(torch.randn(16, 3, s, s) * 2 + 1)
+    x = torch.randn(n, 3, s, s)
+    tokens, mask = vocab.encode([FACTS[i % len(FACTS)] for i in range(n)])
+
+    def batches(bs):
+        for start in range(0, n, bs):
+            yield x[start : start + bs], tokens[start : start + bs], mask[start : start + bs]
+
+    return model, TaskData("t", n, batches), (x, tokens, mask)
+
+
+def trainable_names(module: nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_default_model_is_exact_without_fallback():
+    model, task, data = model_and_task(ModelConfig(), n=6)
+    for tower in (model.image_tower, model.language_tower):
+        assert fast_plan(tower.eval(), trainable_names(tower))[1] == []  # no parameter left to vmap
+    fast = mas_importance(model, task, batch_size=4)  # a full and a short batch
+    assert_close(fast, reference_importance(model, data))
+
+
+def test_vit_backbone_is_exact_with_fallback_for_its_own_parameters():
+    cfg = ModelConfig(
+        backbone="vit", image_size=32, slot_dim=8, word_dim=8, text_hidden=16,
+        backbone_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                         "intermediate_size": 32, "patch_size": 8},
+    )
+    model, task, data = model_and_task(cfg, n=5)
+    rest = fast_plan(model.image_tower.eval(), trainable_names(model.image_tower))[1]
+    assert rest == ["backbone.embeddings.cls_token", "backbone.embeddings.position_embeddings"]
+    assert_close(mas_importance(model, task, batch_size=3), reference_importance(model, data))
+
+
+class Layers(nn.Module):
+    """Every rule and its awkward cases in one module (inputs: images, token ids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+        self.conv_plain = nn.Conv2d(6, 5, 1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.bn1d = nn.BatchNorm1d(5)
+        self.words = nn.Embedding(9, 5, padding_idx=0)
+        self.twice = nn.Linear(5, 5)  # called twice: per-sample gradients summed over calls before |.|
+        self.seq = nn.Linear(5, 5)  # 3-D input: a sample's gradient sums over its positions
+        self.norm = nn.LayerNorm(5)
+        self.unused = nn.Linear(5, 5)  # output never reaches the result: zero importance
+        self.folded = nn.Linear(5, 5)  # sees (B*L, 5): found out during the pass, left to the fallback
+        self.tied_a = nn.Linear(5, 5)
+        self.tied_b = nn.Linear(5, 5)
+        self.tied_b.weight = self.tied_a.weight  # shared: left to the vmap fallback
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 5))  # no layer rule: vmap fallback
+
+    def forward(self, images, tokens):
+        h = torch.relu_(self.bn(self.conv(images)))  # in-place right after the layers
+        h = self.conv_plain(h)
+        h += 1.0  # in-place on a covered layer's output
+        img = self.bn1d(h.mean((2, 3)))  # (B, 5)
+        seq = self.norm(self.seq(self.words(tokens)))  # (B, L, 5)
+        seq = self.folded(seq.reshape(-1, 5)).view(seq.shape)
+        self.unused(img)
+        z = self.twice(torch.tanh(self.twice(img))) + seq.mean(1) * self.scale
+        return self.tied_b(torch.tanh(self.tied_a(z)))
+
+
+def layers_and_inputs(n: int = 7):
+    torch.manual_seed(0)
+    m = Layers()
+    m.train()
+    m(torch.randn(16, 4, 9, 8) * 2 + 1, torch.randint(0, 9, (16, 6)))  # running statistics
+    m.eval()
+    tokens = torch.randint(0, 9, (n, 6))
+    tokens[0] = torch.tensor([0, 3, 3, 3, 0, 5])  # padding and a repeated word within one sample
+    return m, (torch.randn(n, 4, 9, 8), tokens)
+
+
+def test_layer_rules_match_per_sample_reference():
+    m, inputs = layers_and_inputs()
+    covered, rest = fast_plan(m, trainable_names(m))
+    assert set(covered) == {"conv", "conv_plain", "bn", "bn1d", "words", "twice", "seq", "norm", "unused", "folded"}
+    assert rest == ["scale", "tied_a.bias", "tied_a.weight", "tied_b.bias"]  # layers sharing a parameter
+    fast = per_sample_abs_grad_sum(m, inputs)
+    ref = reference(m, inputs)
+    assert torch.all(fast["unused.weight"] == 0) and torch.all(fast["words.weight"][0] == 0)  # padding row
+    ref_nonzero = {n: v for n, v in ref.items() if not n.startswith("unused.")}
+    assert_close({n: fast[n] for n in ref_nonzero}, ref_nonzero)
+
+
+def test_chunking_does_not_change_the_result(monkeypatch):
+    m, inputs = layers_and_inputs(5)
+    whole = per_sample_abs_grad_sum(m, inputs)
+    monkeypatch.setattr(mas, "_CHUNK_ELEMENTS", 1)  # one sample at a time
+    for n, v in per_sample_abs_grad_sum(m, inputs).items():
+        assert torch.allclose(v, whole[n], rtol=1e-6, atol=0), n
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_statistics_couple_samples_so_everything_falls_back(train):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, track_running_stats=train), nn.Flatten(), nn.Linear(16, 2))
+    m.train(train)
+    covered, rest = fast_plan(m, trainable_names(m))
+    assert covered == {} and rest == sorted(trainable_names(m))
+    if not train:  # no running statistics: batch statistics even in eval mode, per sample in the reference
+        x = torch.randn(5, 3, 4, 4)
+        assert_close(per_sample_abs_grad_sum(m, (x,)), reference(m, (x,)))
+
+
+def test_one_tower_only():
+    model, task, _ = model_and_task(ModelConfig(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+                                                image_size=32, slot_dim=8, word_dim=8, text_hidden=16), n=5)
+    both = mas_importance(model, task, batch_size=4)
+    image = mas_importance(model, task, batch_size=4, towers=("image_tower",))
+    assert set(image) == {n for n in both if n.startswith("image_tower.")}
+    assert all(torch.equal(image[n], both[n]) for n in image)

@@ -1,0 +1,167 @@
+"""scripts/reproduce.py and scripts/sweep_lambda.py without training: the runs they would launch,
+skip and resume, and the tables they write from metrics files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import reproduce as rp  # noqa: E402
+import sweep_lambda  # noqa: E402
+
+METHODS = ["finetune", "l2", "ewc", "si", "lwf", "mas", "lmas", "joint"]
+
+
+@pytest.fixture(scope="module")
+def exp() -> rp.Experiments:
+    return rp.load_experiments()
+
+
+def test_plan_of_every_suite(exp, tmp_path):
+    plan = rp.make_plan(exp, list(rp.SUITES), "quick", 1, tmp_path)
+    ids = set(plan.runs)
+    # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared
+    assert len(ids) == 27
+    assert {f"random2/seed0/{m}" for m in METHODS} <= ids
+    assert {"random2/seed0/mas-imp-B11", "random2/seed0/mas-imp-B12", "random4/seed0/mas-imp-group-colour-train"} <= ids
+    shared = plan.runs["random2/seed0/mas"]  # two-task and adaptation: one run, probed on both halves
+    assert shared.probes == ("random2-B11", "random2-B12") and shared.importance is None
+    assert plan.runs["random2/seed0/lwf"].probes == ()
+    assert plan.suites["adaptation"][0] == "random2" and plan.suites["topic"][0] == "random4"
+    assert [e.variant for e in plan.suites["adaptation"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12"]
+    assert [e.variant for e in plan.suites["topic"][1]] == ["finetune", "mas", "joint", "mas-imp-group-colour-train"]
+    assert plan.data == tmp_path / "data" / "world" and plan.world == {"preset": "small", "seed": 0}
+
+    cmd = rp.train_command(plan, plan.runs["random2/seed0/mas-imp-B11"], "cpu")
+    assert cmd[:4] == [sys.executable, "-m", "factlearn", "train"]
+    assert cmd[cmd.index("--importance-data") + 1] == str(tmp_path / "views" / "random2-B11")
+    assert cmd[cmd.index("--config") + 1] == str(tmp_path / "configs" / "mas.yaml")
+    assert cmd[cmd.index("--tasks-file") + 1] == str(tmp_path / "tasks" / "random2.json")
+    assert "--resume" not in cmd
+    # children run from OUT/logs, not from here (python -m would import a checkout's factlearn/ first),
+    # so every path they get is absolute
+    assert all(Path(cmd[i + 1]).is_absolute() for i, a in enumerate(cmd) if a in ("--data", "--config", "--out"))
+    assert rp.child_cwd(tmp_path / "logs" / "x.log") == tmp_path / "logs"
+    assert rp.child_env()["OMP_NUM_THREADS"] == "1"
+
+
+def test_plan_seeds_and_data(exp, tmp_path):
+    plan = rp.make_plan(exp, ["two-task"], "full", 3, tmp_path / "out", tmp_path / "mydata")
+    assert len(plan.runs) == 8 * 3 and plan.world is None and plan.data == tmp_path / "mydata"
+    assert sorted({r.seed for r in plan.runs.values()}) == [0, 1, 2]
+    assert {r.sequence for r in plan.runs.values()} == {"random2"}
+    assert not plan.views
+
+
+def test_skip_complete_and_resume_started(exp, tmp_path):
+    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    done, started = plan.runs["random2/seed0/mas"], plan.runs["random2/seed0/ewc"]
+    _write_run(plan.run_dir(done), "mas", [[0.9, 0.1], [0.8, 0.9]])
+    partial = plan.run_dir(started)
+    _write_run(partial, "ewc", [[0.9, 0.1]], tasks=["B1", "B2"])  # one row of two: not complete
+    assert rp.run_complete(plan.run_dir(done))
+    assert not rp.run_complete(partial)
+    assert "--resume" in rp.train_command(plan, started, "cpu")
+    assert not rp.run_complete(plan.run_dir(plan.runs["random2/seed0/si"]))
+
+
+def test_config_of_an_existing_run_must_match(exp, tmp_path):
+    from factlearn.config import Config, from_dict
+
+    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    run = plan.runs["random2/seed0/mas"]
+    cfg = rp.method_config(exp, "quick", "mas")
+    saved = from_dict(Config, cfg).to_dict()
+    saved["split"]["tasks_file"] = str(plan.tasks_file("random2"))
+    plan.run_dir(run).mkdir(parents=True)
+    (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert rp.config_mismatch(plan, run, cfg) is None
+    saved["method"]["lam"] = cfg["method"]["lam"] + 1
+    (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert "method.lam" in rp.config_mismatch(plan, run, cfg)
+
+
+def test_experiments_file_is_checked(tmp_path):
+    bad = tmp_path / "experiments.yaml"
+    text = (rp.CONFIG_DIR / "experiments.yaml").read_text().replace("split_seed: 0", "split_seed: 0\nsplit_sed: 1")
+    bad.write_text(text)
+    for name in ("quick.yaml", "full.yaml", "methods.yaml"):
+        (tmp_path / name).write_text((rp.CONFIG_DIR / name).read_text())
+    with pytest.raises(rp.SetupError, match="split_sed"):
+        rp.load_experiments(bad)
+
+
+def test_tables_mean_and_std_over_seeds(exp, tmp_path):
+    plan = rp.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
+    for seed, b1 in ((0, 0.5), (1, 0.7)):
+        for method in METHODS:
+            run = plan.runs[f"random2/seed{seed}/{method}"]
+            _write_run(plan.run_dir(run), method, [[0.9, 0.0], [b1, 0.8]])
+    res = rp.collect(plan, "two-task")
+    table = rp.final_table(res, "standard", "top1").splitlines()
+    assert table[0] == "| method | B1 | B2 | mean | BWT |"
+    # B1 0.5 and 0.7: 60.0 ± 14.1; B2 80.0 twice; mean (0.65, 0.75); BWT (-0.4, -0.2)
+    assert table[2] == "| finetune | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 |"
+    assert len(table) == 2 + len(METHODS)
+    matrix = rp.matrix_table(res.metrics["mas"], res.tasks, "standard", "top1").splitlines()
+    assert matrix[2] == "| after B1 | 90.0 ± 0.0 |  |"
+    assert rp.mean_std([0.123]) == "12.3" and rp.mean_std([]) == "-" and rp.mean_std([float("nan")]) == "-"
+    readme = rp.write_report(plan, exp, {"command": "x", "jobs": 1, "finished": "now", "seconds": 60,
+                                         "trained": 16, "skipped": 0, "failed": 0}, plots=False)
+    text = readme.read_text()
+    assert "## two-task" in text and "60.0 ± 14.1" in text and (tmp_path / "two-task.md").is_file()
+
+
+def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
+    plan = rp.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path)
+    for run in plan.runs.values():
+        tasks = ["B1", "B2"] if run.sequence == "random2" else ["B1", "B2", "B3", "B4"]
+        acc = [[0.5] * len(tasks) for _ in tasks]
+        _write_run(plan.run_dir(run), run.method, acc, tasks=tasks)
+        for view in run.probes:
+            # every task's view: B1 has 30 images at 0.9, the others 10 at 0.5
+            after = {t: {p: {u: {"top1": 0.9 if u == "B1" else 0.5, "top5": 1.0, "n": 30 if u == "B1" else 10}
+                             for u in tasks} for p in rp.PROTOCOLS} for t in tasks}
+            rp._write_text(plan.probe_file(run, view), json.dumps({"after": after}))
+    sections = rp.suite_sections("adaptation", exp.suites["adaptation"], rp.collect(plan, "adaptation"))
+    header = sections[0].splitlines()[-len(plan.suites["adaptation"][1]) - 2]
+    assert header.startswith("| method | B1 test top-1 | B2 test top-1 | B11 images top-1 | B12 images top-1 |")
+    assert "| mas (importance: B11) | 50.0 | 50.0 | 90.0 | 90.0 |" in sections[0]
+    res = rp.collect(plan, "topic")
+    curve = rp.monitored_curve(res.probes["finetune"]["group-colour-test"], res.tasks, "standard", "top1")
+    assert curve[0] == pytest.approx([0.9, (27 + 5) / 40, (27 + 10) / 50, (27 + 15) / 60])
+    sections = rp.suite_sections("topic", exp.suites["topic"], res)
+    assert "| mas (importance: colour images only) | 90.0 | 80.0 | 74.0 | 70.0 |" in sections[0]
+
+
+def test_sweep_plan_uses_a_validation_split(exp, tmp_path):
+    plan, configs = sweep_lambda.sweep_plan(exp, "mas", [1, 10], "quick", 1, tmp_path, "random", 2, 0.2)
+    assert sorted(plan.runs) == ["random2/seed0/mas-lam1", "random2/seed0/mas-lam10"]
+    assert plan.data == tmp_path / "data" / "val" and plan.test_fraction == 0.2
+    assert configs["mas-lam10"]["method"]["lam"] == 10 and configs["mas-lam10"]["split"]["test_fraction"] == 0.2
+    cmd = rp.train_command(plan, plan.runs["random2/seed0/mas-lam10"], "cpu")
+    assert cmd[cmd.index("--config") + 1] == str(tmp_path / "configs" / "mas-lam10.yaml")
+    assert cmd[cmd.index("--data") + 1] == str(tmp_path / "data" / "val")
+
+
+def _write_run(folder: Path, method: str, acc: list[list[float]], tasks: list[str] | None = None) -> None:
+    """A run directory with a metrics.json like factlearn's, the same numbers for top-1 and top-5."""
+    tasks = tasks or [f"B{j + 1}" for j in range(len(acc[0]))]
+    last = len(acc) - 1
+    seq = {"average": sum(acc[last][: last + 1]) / (last + 1),
+           "bwt": sum(acc[last][j] - acc[j][j] for j in range(last)) / last if last else float("nan")}
+    block = {"matrix": {"top1": acc, "top5": acc},
+             "final": {t: {"top1": acc[last][j], "top5": acc[last][j], "n": 10} for j, t in enumerate(tasks)},
+             "sequence": {"top1": seq, "top5": seq}}
+    doc = {"method": method, "protocol": "standard", "tasks": tasks, **block,
+           "protocols": {"standard": block, "generalized": block}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(doc))
+    (folder / "run.json").write_text("{}")
