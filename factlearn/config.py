@@ -34,6 +34,31 @@ class ModelConfig:
     po_grid: int = 2  # the P,O branch pools the feature map to po_grid x po_grid (keeps layout)
     word_dim: int = 64  # word vectors of the language tower
     text_hidden: int = 128  # hidden width of the per-slot phrase encoders
+    # Freeze (requires_grad=False, batch-norm statistics kept) the backbone's stem and its first
+    # freeze_stages stages: ResNet embedder + encoder.stages[:N], ViT embeddings + encoder.layer[:N].
+    # 0 = everything trains. Frozen parameters are absent from the continual methods' state.
+    freeze_stages: int = 0
+    # Language tower: phrase (word embeddings learnt from scratch, mean-pooled, per-slot MLP) |
+    # bert (a transformers BertModel over each slot's phrase, pooled, per-slot linear head) |
+    # vectors (fixed word vectors from the word_vectors file, mean-pooled, per-slot linear map).
+    text_encoder: str = "phrase"
+    # bert without text_pretrained: BertConfig keyword arguments (vocab_size is set from the run's
+    # vocabulary: its ids are the word-level token ids, plus [CLS] and [SEP]).
+    text_config: dict = field(
+        default_factory=lambda: {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                 "intermediate_size": 128}
+    )
+    # bert: a local directory saved with save_pretrained (model + tokenizer; safetensors, no
+    # download). It is read again when the run is loaded (its tokenizer maps the words).
+    text_pretrained: str | None = None
+    text_pooling: str = "cls"  # bert: the phrase vector is the [CLS] output (cls) or the token mean (mean)
+    # vectors: a word2vec/GloVe TEXT file, one `word v1 v2 ...` per line, optional `count dim`
+    # header. Only the vocabulary's rows are kept, as a buffer saved in the checkpoint, so a trained
+    # run loads without the file. Words not in the file are left out of the phrase mean (a phrase
+    # of unknown words only gives the zero vector). word_dim must equal the file's dimension.
+    word_vectors: str | None = None
+    # Freeze the whole language tower (the reference setting where only the image tower learns).
+    freeze_language: bool = False
 
 
 @dataclass
@@ -126,7 +151,7 @@ _BOUNDS = {
 }
 RANGES = {
     "model.image_size": "> 0", "model.slot_dim": "> 0", "model.po_grid": "> 0", "model.word_dim": "> 0",
-    "model.text_hidden": "> 0",
+    "model.text_hidden": "> 0", "model.freeze_stages": ">= 0",
     "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0",
     "train.epochs": "> 0", "train.batch_size": "> 0", "train.lr": "in (0, 10]", "train.weight_decay": ">= 0",
     "train.momentum": "in [0, 1)", "train.num_workers": ">= 0", "train.checkpoint_every": ">= 0",
@@ -138,6 +163,8 @@ RANGES = {
 
 CHOICES = {
     "model.backbone": ("resnet", "vit"),
+    "model.text_encoder": ("phrase", "bert", "vectors"),
+    "model.text_pooling": ("cls", "mean"),
     "train.optimizer": ("adam", "sgd"),
     "train.lr_schedule": ("constant", "cosine"),
     "split.kind": ("random", "semantic"),

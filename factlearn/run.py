@@ -216,7 +216,7 @@ class RunDir:
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise UserError(f"{self.file('vocab.json')} is malformed: expected a list of words")
         vocab = Vocabulary(words)
-        model = create_model(cfg.model, vocab)
+        model = create_model(cfg.model, vocab, from_checkpoint=True)  # word vectors come from the checkpoint
         load_weights(model, self.checkpoint(task) / "model.safetensors")
         return model.to(device).eval(), task
 

@@ -13,7 +13,9 @@ and evaluation are not timed) in three set-ups:
 - 1 process, N*T threads: the same cores used by one process instead.
 
 Each rank times from a barrier to the end of its task; the slowest rank counts. Prints images/s
-(training images x epochs / seconds, best of --repeats) and the ratios to the baseline.
+(training images x epochs / seconds, best of --repeats) and the ratios to the baseline, and the
+latency of one small gloo all-reduce: a DDP step makes about 2 per batch-norm layer (9 in the
+default model) plus the gradients' and the loss's, which is what a CPU machine pays for.
 """
 
 from __future__ import annotations
@@ -52,8 +54,13 @@ def rank_main(rank: int, nproc: int, threads: int, store: str, world: str, epoch
     try:
         ctx, _, _ = join_group(torch.device("cpu"))
         seconds, images = time_task(world, epochs, ctx)
+        probe = torch.zeros(130)  # about a batch-norm layer's statistics
+        start = time.perf_counter()
+        for _ in range(200):
+            dist.all_reduce(probe)
+        latency = (time.perf_counter() - start) / 200
         if ctx.is_main:
-            Path(out).write_text(f"{seconds} {images}")
+            Path(out).write_text(f"{seconds} {images} {latency}")
     finally:
         dist.destroy_process_group()
 
@@ -66,8 +73,9 @@ def measure(setup: str, world: str, epochs: int, nproc: int, threads: int, tmp: 
     else:
         store, out = tmp / f"store-{time.monotonic_ns()}", tmp / "result.txt"
         mp.spawn(rank_main, args=(nproc, threads, str(store), world, epochs, str(out)), nprocs=nproc)
-        seconds, images = (float(v) for v in out.read_text().split())
-    print(f"  {setup:<28} {images / seconds:8.1f} images/s  ({seconds:.1f} s for {int(images)} images)", flush=True)
+        seconds, images, latency = (float(v) for v in out.read_text().split())
+        setup += f" [all-reduce {latency * 1e6:.0f} us]"
+    print(f"  {setup:<44} {images / seconds:8.1f} images/s  ({seconds:.1f} s for {int(images)} images)", flush=True)
     return images / seconds
 
 
@@ -89,13 +97,13 @@ def main() -> None:
                   (f"1 process, {args.nproc * threads} threads", 1, args.nproc * threads)]
         best = {name: 0.0 for name, _, _ in setups}
         print(f"task B1 of {world}, {args.epochs} epochs, {threads} thread(s) per process, "
-              f"{os.cpu_count()} CPUs visible", flush=True)
+              f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}", flush=True)
         for r in range(args.repeats):
             print(f"repeat {r + 1}", flush=True)
             for name, nproc, n_threads in setups:
                 best[name] = max(best[name], measure(name, str(world), args.epochs, nproc, n_threads, tmp))
     base = best[setups[0][0]]
-    print("\nbest of repeats:")
+    print(f"\nbest of repeats (load average now {os.getloadavg()[0]:.1f}):")
     for name, _, _ in setups:
         print(f"  {name:<28} {best[name]:8.1f} images/s  x{best[name] / base:.2f}")
 

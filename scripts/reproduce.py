@@ -53,6 +53,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -386,8 +387,9 @@ def check_child_factlearn(log: Path) -> str:
     import factlearn
 
     mine = str(Path(factlearn.__file__).resolve().parent)
-    done = subprocess.run([sys.executable, "-c", "import factlearn, pathlib; print(pathlib.Path(factlearn.__file__)"
-                           ".resolve().parent)"], env=child_env(), cwd=child_cwd(log), capture_output=True, text=True)
+    code = "import factlearn, pathlib; print(pathlib.Path(factlearn.__file__).resolve().parent)"
+    done = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=child_cwd(log), capture_output=True,
+                          text=True, check=False)
     theirs = done.stdout.strip()
     if theirs != mine:
         raise SetupError(f"training processes would import factlearn from {theirs or done.stderr.strip()!r}, "
@@ -402,7 +404,7 @@ def factlearn_cli(args: list[str], log: Path) -> None:
         f.write(f"$ factlearn {' '.join(args)}\n")
         f.flush()
         done = subprocess.run([sys.executable, "-m", "factlearn", *args], stdout=f, stderr=subprocess.STDOUT,
-                              env=child_env(), cwd=child_cwd(log))
+                              env=child_env(), cwd=child_cwd(log), check=False)
     if done.returncode != 0:
         raise SetupError(f"factlearn {args[0]} failed (exit {done.returncode}); see {log}")
 
@@ -722,9 +724,10 @@ def suite_markdown(plan: Plan, suite: str, exp: Experiments, res: SuiteResults, 
     sc = exp.suites[suite]
     seq = plan.suites[suite][0]
     n_seeds = max((len(d) for d in res.metrics.values()), default=0)
-    lines = [f"# {suite}", "", SUITE_DOC[suite], "", f"Task sequence `{seq}` ({sc.split} split, {sc.tasks} tasks; "
-             f"[task file](tasks/{seq}.json)), {plan.scale} scale, {n_seeds} seed(s): mean ± std in percent "
-             "(no ± with one seed); `-`: run missing or incomplete.", ""]
+    about = (f"Task sequence `{seq}` ({sc.split} split, {sc.tasks} tasks; [task file](tasks/{seq}.json)), "
+             f"{plan.scale} scale, {n_seeds} seed(s): mean ± std in percent (no ± with one seed); `-`: run missing "
+             "or incomplete.")
+    lines = [f"# {suite}", "", SUITE_DOC[suite], "", about, ""]
     for section in suite_sections(suite, sc, res):
         lines += [section, ""]
     if plots:
@@ -809,7 +812,7 @@ def _adaptation_figure(res: SuiteResults, proto: str, path: Path) -> Path:
             means = [np.mean(values[lab][col]) if values[lab][col] else np.nan for lab in labels]
             stds = [np.std(values[lab][col], ddof=1) if len(values[lab][col]) > 1 else 0 for lab in labels]
             ax.bar(np.arange(len(labels)) + (k - (len(columns) - 1) / 2) * width, means, width, yerr=stds, label=col)
-        ax.set_xticks(range(len(labels)), [lab.replace(" (", "\n(") for lab in labels], fontsize=8)
+        ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 16) for lab in labels], fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel(f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
         ax.grid(axis="y", alpha=0.3)
@@ -851,38 +854,40 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = True) -> Path:
-    """<suite>.md and plots for every planned suite, and README.md indexing them."""
+    """<suite>.md and plots for every suite of the plan with a complete run, and README.md indexing them."""
     import factlearn
 
     timings = _read_json(plan.out / "timings.json") or {}
     lines = [f"# Reproduction results ({plan.scale} scale)", "",
-             f"Written by `scripts/reproduce.py` on {invocation['finished']} "
-             f"(command: `{invocation['command']}`; factlearn {factlearn.__version__} from "
-             f"`{Path(factlearn.__file__).parent}`).", "",
+             (f"Written by `scripts/reproduce.py` on {invocation['finished']} (command: `{invocation['command']}`; "
+              f"factlearn {factlearn.__version__} from `{Path(factlearn.__file__).parent}`)."), "",
              f"- data: `{plan.data}`" + (f" (built-in world, preset {plan.world['preset']}, seed {plan.world['seed']})"
                                          if plan.world else ""),
-             f"- seeds: {len(plan.seeds)} (training seeds {', '.join(map(str, plan.seeds))}; split seed "
-             f"{plan.split_seed} for every run)",
-             f"- configs: `configs/` (model and training: configs/reproduce/{plan.scale}.yaml; methods: "
-             "configs/reproduce/methods.yaml)",
-             f"- this invocation: {invocation['seconds'] / 60:.1f} min wall with {invocation['jobs']} job(s), "
-             f"{invocation['trained']} run(s) trained, {invocation['skipped']} already complete, "
-             f"{invocation['failed']} failed", ""]
+             (f"- seeds: {len(plan.seeds)} (training seeds {', '.join(map(str, plan.seeds))}; split seed "
+              f"{plan.split_seed} for every run)"),
+             (f"- configs: `configs/` (model and training: configs/reproduce/{plan.scale}.yaml; methods: "
+              "configs/reproduce/methods.yaml)"),
+             "- invocations (wall time to prepare, train and probe; timings.json):",
+             *(f"  - {i['finished']}: `{i['command']}`: {i['seconds'] / 60:.1f} min, {i['jobs']} job(s), "
+               f"{i['trained']} run(s) trained, {i['skipped']} already complete, {i['failed']} failed"
+               for i in timings.get("invocations", [invocation])), ""]
     timed = [t for t in timings.get("runs", {}).values() if t.get("status") == "trained" and t.get("steps")]
     if timed:
         wall, cpu = sum(t["train_s"] for t in timed), sum(t.get("train_cpu_s", math.nan) for t in timed)
         steps = sum(t["steps"] for t in timed)
-        lines += [f"- training time of the {len(timed)} runs trained from scratch: {wall / 60:.1f} min wall, "
-                  f"{cpu / 60:.1f} min CPU, for {steps} optimizer steps: {1000 * wall / steps:.0f} ms wall, "
-                  f"{1000 * cpu / steps:.0f} ms CPU per step (start-up, importance and evaluation included)", ""]
+        lines += [(f"- training time of the {len(timed)} runs trained from scratch: {wall / 60:.1f} min wall, "
+                   f"{cpu / 60:.1f} min CPU, for {steps} optimizer steps: {1000 * wall / steps:.0f} ms wall, "
+                   f"{1000 * cpu / steps:.0f} ms CPU per step (start-up, importance and evaluation included)"), ""]
     for suite in plan.suites:
         sc = exp.suites[suite]
         res = collect(plan, suite)
+        if not res.tasks:  # nothing of it has run (in OUT, with these seeds)
+            continue
         pngs = suite_plots(plan, suite, sc, res) if plots else []
         _write_text(plan.out / f"{suite}.md", suite_markdown(plan, suite, exp, res, pngs))
         lines += [f"## {suite}", "", SUITE_DOC[suite], "",
                   f"[All tables and plots]({suite}.md) (the generalized protocol too); plots in `plots/{suite}/`.", "",
-                  *suite_sections(suite, sc, res)[: HEADLINE_TABLES.get(suite, 2)], ""]
+                  "\n\n".join(suite_sections(suite, sc, res)[: HEADLINE_TABLES.get(suite, 2)]), ""]
     readme = plan.out / "README.md"
     _write_text(readme, "\n".join(lines))
     return readme
@@ -938,7 +943,7 @@ def _main(argv: list[str]) -> int:
                 raise SetupError(f"{plan.run_dir(run)} was trained with another config ({why}): "
                                  "use another --out, or delete that run")
         if args.dry_run:
-            print_plan(plan, args.device)
+            print_plan(plan, args.device, train_steps(plan, exp))
             return 0
         if args.data is not None and not args.data.exists():
             raise SetupError(f"--data {args.data}: not found")
@@ -953,7 +958,8 @@ def _main(argv: list[str]) -> int:
     outcomes = execute(plan, runs, args.jobs, args.device)
     timings = _read_json(plan.out / "timings.json") or {}
     for o in outcomes:
-        if o.status in ("trained", "resumed"):
+        # a resumed run's time covers only its rest: it does not replace a from-scratch timing
+        if o.status == "trained" or (o.status == "resumed" and o.run.id not in timings.get("runs", {})):
             timings.setdefault("runs", {})[o.run.id] = {
                 "status": o.status, "train_s": round(o.train_s, 1), "train_cpu_s": round(o.train_cpu_s, 1),
                 "probe_s": round(o.probe_s, 1), "steps": steps.get(o.run.id)}
@@ -965,7 +971,9 @@ def _main(argv: list[str]) -> int:
                   "failed": sum(o.status == "failed" for o in outcomes)}
     timings.setdefault("invocations", []).append(invocation)
     _write_text(plan.out / "timings.json", json.dumps(timings, indent=1) + "\n")
-    readme = write_report(plan, exp, invocation, plots=not args.no_plots)
+    # the index covers every suite with complete runs in OUT, not only those of this invocation
+    everything = make_plan(exp, list(exp.suites), scale, len(plan.seeds), plan.out, args.data)
+    readme = write_report(everything, exp, invocation, plots=not args.no_plots)
     invocation["seconds"] = round(time.perf_counter() - started, 1)
     print(f"done in {invocation['seconds'] / 60:.1f} min: {readme}")
     failed = [o for o in outcomes if o.status == "failed"]
@@ -974,7 +982,8 @@ def _main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def print_plan(plan: Plan, device: str) -> None:
+def print_plan(plan: Plan, device: str, steps: dict[str, int]) -> None:
+    """The runs, their state (complete, resume, new), commands and training steps (once the task files exist)."""
     print(f"{plan.scale} scale, data {plan.data}" + (" (to generate)" if plan.world else ""))
     for suite, (seq, entries) in plan.suites.items():
         print(f"{suite}: {seq}, {len(entries)} rows x {len(plan.seeds)} seed(s)")
@@ -982,10 +991,11 @@ def print_plan(plan: Plan, device: str) -> None:
         state = "complete" if run_complete(plan.run_dir(run)) else (
             "resume" if (plan.run_dir(run) / "run.json").is_file() else "new")
         probes = f" probes: {', '.join(run.probes)}" if run.probes else ""
-        print(f"  [{state}] {run.id}{probes}")
+        n = f" ({steps[run.id]} steps)" if run.id in steps else ""
+        print(f"  [{state}] {run.id}{n}{probes}")
         if state != "complete":
             print("    " + " ".join(train_command(plan, run, device)))
-    print(f"{len(plan.runs)} runs")
+    print(f"{len(plan.runs)} runs" + (f", {sum(steps.values())} optimizer steps" if steps else ""))
 
 
 if __name__ == "__main__":

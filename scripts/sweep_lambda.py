@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reproduce as rp  # noqa: E402  (the machinery of scripts/reproduce.py)
+import reproduce as rp  # the machinery of scripts/reproduce.py (after the sys.path line)
 
 DEFAULT_GRID = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 NO_LAMBDA = ("finetune", "joint")
@@ -132,13 +132,13 @@ def sweep_report(res: rp.SuiteResults, args: argparse.Namespace, grid: list[floa
              for label, docs in res.metrics.items() if docs}
     best = max(means, key=lambda k: (means[k], -float(k.split("=")[1])))
     lines = [f"# lambda sweep: {args.method}", "",
-             f"Validation split: {args.val_fraction:g} of each fact's training images "
-             f"({args.split} split, {args.tasks} tasks, {args.seeds} seed(s)); final accuracy, percent.", ""]
+             (f"Validation split: {args.val_fraction:g} of each fact's training images "
+              f"({args.split} split, {args.tasks} tasks, {args.seeds} seed(s)); final accuracy, percent."), ""]
     for proto in rp.PROTOCOLS:
         for metric in rp.METRICS:
             lines += [f"## {rp.METRIC_NAMES[metric]}, {proto} protocol", "", rp.final_table(res, proto, metric), ""]
-    lines += [f"best: {best} (mean validation {rp.METRIC_NAMES[args.metric]} {100 * means[best]:.1f}, standard "
-              "protocol)", "", "configs/reproduce/methods.yaml:", "",
+    lines += [f"best: {best} (mean validation {rp.METRIC_NAMES[args.metric]} {100 * means[best]:.1f}, standard protocol)",
+              "", "configs/reproduce/methods.yaml:", "",
               f"    {args.method}: {{lam: {best.split('=')[1]}}}"]
     edge = best.split("=")[1] in (f"{grid[0]:g}", f"{grid[-1]:g}")
     if edge and len(grid) > 1:

@@ -13,8 +13,8 @@ import yaml
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-import reproduce as rp  # noqa: E402
-import sweep_lambda  # noqa: E402
+import reproduce as rp
+import sweep_lambda
 
 METHODS = ["finetune", "l2", "ewc", "si", "lwf", "mas", "lmas", "joint"]
 

@@ -7,11 +7,17 @@ output, which is constant after normalisation. Retrieval and the losses use
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from .vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 
 def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
@@ -45,6 +51,24 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     return backbone, channels
 
 
+def freeze_stages(backbone: nn.Module, kind: str, stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``stages`` stages of a backbone (``model.freeze_stages``).
+
+    ResNet: ``embedder`` + ``encoder.stages[:N]``; ViT: ``embeddings`` + ``encoder.layer[:N]``.
+    Returns the frozen modules (none when ``stages`` is 0).
+    """
+    if stages == 0:
+        return []
+    blocks = backbone.encoder.stages if kind == "resnet" else backbone.encoder.layer
+    if stages > len(blocks):
+        raise UserError(f"config model.freeze_stages: {stages} is more than the {len(blocks)} stages of the backbone")
+    stem = backbone.embedder if kind == "resnet" else backbone.embeddings
+    frozen = [stem, *blocks[:stages]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
 class ImageTower(nn.Module):
     """Backbone trunk + two branches, as in Sherlock: one for S, one shared by P and O.
 
@@ -56,12 +80,21 @@ class ImageTower(nn.Module):
         super().__init__()
         self.kind = cfg.backbone
         self.backbone, channels = build_backbone(cfg)
+        self.frozen = freeze_stages(self.backbone, cfg.backbone, cfg.freeze_stages)
         hidden, d, g = cfg.text_hidden, cfg.slot_dim, cfg.po_grid
         self.s_branch = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, d))
         self.po_pool = nn.AdaptiveAvgPool2d(g)
         self.po_trunk = nn.Sequential(nn.Linear(channels * g * g, hidden), nn.ReLU())
         self.p_head = nn.Linear(hidden, d)
         self.o_head = nn.Linear(hidden, d)
+
+    def train(self, mode: bool = True) -> "ImageTower":
+        # Frozen stages stay in eval mode: requires_grad=False alone would still let their
+        # batch-norm running statistics drift with every training batch.
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, h, w)."""
@@ -81,6 +114,16 @@ class ImageTower(nn.Module):
         return torch.stack([s, self.p_head(po), self.o_head(po)], dim=1)  # (B, 3, d)
 
 
+def _check_tokens(tokens: torch.Tensor) -> None:
+    if tokens.dim() != 3 or tokens.shape[1] != 3:
+        raise ValueError(f"expected tokens of shape (F, 3, L), got {tuple(tokens.shape)}")
+
+
+def _mean_words(vectors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Word vectors (F, 3, L, w), present (F, 3, L) float -> phrase vectors (F, 3, w); 0 if none."""
+    return (vectors * present.unsqueeze(-1)).sum(2) / present.sum(2, keepdim=True).clamp(min=1.0)
+
+
 class LanguageTower(nn.Module):
     """Per-slot phrase encoder: mean of word vectors, then one MLP per slot (S, P, O).
 
@@ -98,10 +141,186 @@ class LanguageTower(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (F, 3, L) long, mask (F, 3) -> (F, 3, d), zero where mask is 0."""
-        if tokens.dim() != 3 or tokens.shape[1] != 3:
-            raise ValueError(f"expected tokens of shape (F, 3, L), got {tuple(tokens.shape)}")
-        present = (tokens != 0).float()  # (F, 3, L)
-        vectors = self.words(tokens)  # (F, 3, L, w)
-        phrase = (vectors * present.unsqueeze(-1)).sum(2) / present.sum(2, keepdim=True).clamp(min=1.0)  # (F, 3, w)
+        _check_tokens(tokens)
+        phrase = _mean_words(self.words(tokens), (tokens != 0).float())  # (F, 3, w)
         out = torch.stack([mlp(phrase[:, s]) for s, mlp in enumerate(self.slots)], dim=1)  # (F, 3, d)
         return out * mask.unsqueeze(-1)
+
+
+class BertLanguageTower(nn.Module):
+    """Each slot's phrase through a BertModel ([CLS] words [SEP]), pooled, then one linear head per slot.
+
+    It takes the same (tokens, mask) as :class:`LanguageTower`. Without ``text_pretrained`` the
+    vocabulary ids ARE the word-level token ids (0 pad, 1 unknown, then the run's words) and
+    [CLS], [SEP] get the two ids after them. With a pretrained directory, its tokenizer splits
+    every vocabulary word into word pieces once, at build time (buffer ``pieces``, (V, K)); a
+    phrase is then the concatenation of its words' pieces. The F*3 phrases go through BERT as
+    one batch, missing slots included ([CLS][SEP]): no data-dependent shapes, so torch.func
+    (per-sample gradients for MAS/EWC) works; their outputs are zeroed by the mask.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.pooling = cfg.text_pooling
+        if cfg.text_pretrained:
+            try:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(cfg.text_pretrained, local_files_only=True)
+                self.bert = BertModel.from_pretrained(cfg.text_pretrained, local_files_only=True,
+                                                      use_safetensors=True, add_pooling_layer=False)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"model.text_pretrained: cannot load a BERT model and tokenizer from "
+                                f"{cfg.text_pretrained}: {exc}") from None
+            ids = [[tokenizer.pad_token_id], [tokenizer.unk_token_id]]
+            ids += [tokenizer(w, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id] for w in vocab.words[2:]]
+            cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+        else:
+            n = len(vocab)
+            try:
+                config = BertConfig(**{**cfg.text_config, "vocab_size": n + 2, "pad_token_id": 0})
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"config model.text_config: {exc}") from None
+            self.bert = BertModel(config, add_pooling_layer=False)
+            ids = [[i] for i in range(n)]
+            cls_id, sep_id, pad_id = n, n + 1, 0
+        width = max(len(p) for p in ids)
+        pieces = torch.full((len(ids), width), -1, dtype=torch.long)  # -1 = no piece
+        for i, p in enumerate(ids):
+            pieces[i, : len(p)] = torch.tensor(p)
+        pieces[0] = -1  # padding words have no pieces
+        self.register_buffer("pieces", pieces, persistent=False)  # derived from vocab + tokenizer
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        hidden = self.bert.config.hidden_size
+        self.heads = nn.ModuleList(nn.Linear(hidden, cfg.slot_dim) for _ in range(3))
+
+    def phrase_inputs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocabulary ids (N, L) -> BERT input ids and attention mask, both (N, L*K + 2)."""
+        pieces = self.pieces[tokens].flatten(1)  # (N, L*K), -1 where no piece
+        valid = pieces >= 0
+        # move the valid pieces to the front, keeping their order (stable sort on "is padding")
+        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+        pieces, valid = pieces.gather(1, order), valid.gather(1, order)
+        n = pieces.shape[0]
+        ids = torch.cat([torch.full((n, 1), self.cls_id, device=pieces.device),
+                         torch.where(valid, pieces, self.pad_id),
+                         torch.full((n, 1), self.pad_id, device=pieces.device)], dim=1)  # (N, L*K + 2)
+        attention = torch.cat([torch.ones_like(valid[:, :1]), valid, torch.zeros_like(valid[:, :1])], dim=1)
+        sep_at = attention.sum(1, keepdim=True)  # first position after the words
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        ids = torch.where(positions == sep_at, self.sep_id, ids)
+        attention = attention | (positions == sep_at)
+        return ids, attention.long()
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (F, 3, L) long, mask (F, 3) -> (F, 3, d), zero where mask is 0."""
+        _check_tokens(tokens)
+        f, _, length = tokens.shape
+        ids, attention = self.phrase_inputs(tokens.reshape(f * 3, length))  # (F*3, T)
+        hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state  # (F*3, T, h)
+        if self.pooling == "cls":
+            phrase = hidden[:, 0]
+        else:  # mean over [CLS] words [SEP]
+            phrase = _mean_words(hidden.unsqueeze(1), attention.unsqueeze(1).float()).squeeze(1)
+        phrase = phrase.view(f, 3, -1)  # (F, 3, h)
+        out = torch.stack([head(phrase[:, s]) for s, head in enumerate(self.heads)], dim=1)  # (F, 3, d)
+        return out * mask.unsqueeze(-1)
+
+
+def read_word_vectors(path: str | Path, words: list[str]) -> tuple[torch.Tensor, int]:
+    """The rows of a word2vec/GloVe text file for ``words``.
+
+    Args:
+        path: text file, one ``word v1 ... vD`` per line; an optional first line ``count dim``
+            (word2vec header) is checked against the rows and skipped.
+        words: the words to keep (a file can hold millions of rows; only these are stored).
+    Returns:
+        (table (len(words), D) float32 with zero rows for words the file lacks, D). A malformed
+        line is a UserError naming the file and line.
+    """
+    index = {w: i for i, w in enumerate(words)}
+    table: torch.Tensor | None = None
+    dim = None
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                parts = line.split()
+                if not parts:
+                    continue  # blank line
+                if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                    dim = int(parts[1])  # word2vec header: count dim
+                    continue
+                if dim is None:
+                    dim = len(parts) - 1
+                if len(parts) < dim + 1 or dim < 1:
+                    raise UserError(f"{path}, line {number}: expected a word and {dim} numbers, got {len(parts) - 1} fields")
+                word = " ".join(parts[: len(parts) - dim])  # GloVe 840B has a few words with spaces
+                try:
+                    values = [float(v) for v in parts[len(parts) - dim :]]
+                except ValueError:
+                    raise UserError(f"{path}, line {number}: not a number in the vector of {word!r}") from None
+                if table is None:
+                    table = torch.zeros((len(words), dim))
+                if word in index:
+                    table[index[word]] = torch.tensor(values)
+    except FileNotFoundError:
+        raise UserError(f"model.word_vectors: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"model.word_vectors: cannot read {path}: {exc}") from None
+    if table is None:
+        raise UserError(f"{path}: no word vectors in the file")
+    return table, table.shape[1]
+
+
+class VectorLanguageTower(nn.Module):
+    """Fixed word vectors (mean over a phrase's words) and one trainable linear map per slot.
+
+    The vectors are a buffer ``table`` (V, word_dim) aligned with the vocabulary ids: it is saved
+    in the checkpoint, so ``from_checkpoint=True`` builds a zero table and skips the file. Words
+    absent from the file (and the unknown-word id) have a zero row and are left out of the mean.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = False):
+        super().__init__()
+        if not cfg.word_vectors:
+            raise UserError("config model.word_vectors: text_encoder 'vectors' needs a word vectors file")
+        if from_checkpoint:
+            table = torch.zeros((len(vocab), cfg.word_dim))
+        else:
+            table, dim = read_word_vectors(cfg.word_vectors, vocab.words)
+            if dim != cfg.word_dim:
+                raise UserError(f"config model.word_dim: {cfg.word_dim}, but the vectors in {cfg.word_vectors} "
+                                f"have {dim} dimensions; set model.word_dim to {dim}")
+            missing = [w for w, row in zip(vocab.words[2:], table[2:]) if not row.any()]
+            if missing:
+                logger.warning("%d of %d words have no vector in %s (left out of phrase means): %s",
+                               len(missing), len(vocab) - 2, cfg.word_vectors, ", ".join(missing[:10]))
+        self.register_buffer("table", table)  # (V, w); persistent: loading needs no file
+        self.slots = nn.ModuleList(nn.Linear(cfg.word_dim, cfg.slot_dim) for _ in range(3))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (F, 3, L) long, mask (F, 3) -> (F, 3, d), zero where mask is 0."""
+        _check_tokens(tokens)
+        known = self.table.ne(0).any(1)  # (V,): padding, unknown and missing words have zero rows
+        phrase = _mean_words(self.table[tokens], known[tokens].float())  # (F, 3, w)
+        out = torch.stack([lin(phrase[:, s]) for s, lin in enumerate(self.slots)], dim=1)  # (F, 3, d)
+        return out * mask.unsqueeze(-1)
+
+
+def build_language_tower(cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = False) -> nn.Module:
+    """The language tower ``cfg.text_encoder`` names, frozen when ``cfg.freeze_language``.
+
+    ``from_checkpoint``: weights will be loaded next, so files whose content the checkpoint holds
+    (the word vectors) are not read.
+    """
+    if cfg.text_encoder == "bert":
+        tower: nn.Module = BertLanguageTower(cfg, vocab)
+    elif cfg.text_encoder == "vectors":
+        tower = VectorLanguageTower(cfg, vocab, from_checkpoint)
+    else:
+        tower = LanguageTower(cfg, len(vocab))
+    if cfg.freeze_language:
+        tower.requires_grad_(False)
+    return tower

@@ -13,7 +13,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.images import load_image, to_model_input
 from ..facts import Fact
-from .towers import ImageTower, LanguageTower
+from .towers import ImageTower, build_language_tower
 from .vocab import Vocabulary
 
 
@@ -33,12 +33,12 @@ class FactModel(nn.Module):
     """Image tower + language tower. ``embed_*`` return raw (N, 3, d) tensors with gradients (for
     training and importance); ``encode_*`` return normalised float32 vectors for retrieval."""
 
-    def __init__(self, cfg: ModelConfig, vocab: Vocabulary):
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = False):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
         self.image_tower = ImageTower(cfg)
-        self.language_tower = LanguageTower(cfg, len(vocab))
+        self.language_tower = build_language_tower(cfg, vocab, from_checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +90,10 @@ def _pil_to_array(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def create_model(cfg: ModelConfig, vocab: Vocabulary) -> FactModel:
-    """The one way models get built."""
-    return FactModel(cfg, vocab)
+def create_model(cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = False) -> FactModel:
+    """The one way models get built.
+
+    ``from_checkpoint=True`` when a checkpoint's weights are loaded next: data the checkpoint holds
+    (the ``vectors`` tower's word-vector table) is then not read from its file.
+    """
+    return FactModel(cfg, vocab, from_checkpoint)

@@ -1,0 +1,244 @@
+"""Model options: frozen backbone stages, the BERT and word-vector language towers, checkpoints
+of each, and compositional (zero-shot) fact embeddings."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from factlearn.config import LossConfig, ModelConfig, from_dict
+from factlearn.continual.base import trainable
+from factlearn.errors import UserError
+from factlearn.facts import Fact
+from factlearn.losses import fact_loss
+from factlearn.model import Vocabulary, create_model, normalize_slots
+from factlearn.model.towers import read_word_vectors
+from factlearn.run import load_weights
+
+WORDS = ["star", "dark", "blue", "circle", "left", "of", "red"]
+FACTS = [Fact("star"), Fact("star", "dark blue"), Fact("circle", "left of", "star")]
+BERT = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+        "max_position_embeddings": 32}
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+                image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def round_trip(model, cfg, vocab, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = create_model(cfg, vocab, from_checkpoint=True)
+    load_weights(loaded, path)
+    return loaded
+
+
+# ---- frozen backbone stages ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg,frozen,trained", [
+    (tiny(freeze_stages=1), ["backbone.embedder.", "backbone.encoder.stages.0."], "backbone.encoder.stages.1."),
+    (tiny(backbone="vit", freeze_stages=1,
+          backbone_config={"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "intermediate_size": 32}),
+     ["backbone.embeddings.", "backbone.encoder.layer.0."], "backbone.encoder.layer.1."),
+])
+def test_frozen_stages_do_not_move_and_are_not_trainable(cfg, frozen, trained):
+    torch.manual_seed(0)
+    model = create_model(cfg, Vocabulary(WORDS))
+    names = trainable(model)
+    tower = {n: p for n, p in model.image_tower.named_parameters()}
+    frozen_names = [n for n in tower if n.startswith(tuple(frozen))]
+    assert frozen_names and not any("image_tower." + n in names for n in frozen_names)
+    assert any(n.startswith("image_tower." + trained) for n in names)
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # buffers too: BN statistics stay
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model.embed_images(torch.randn(4, 3, 32, 32)).pow(2).sum().backward()
+    opt.step()
+    after = model.state_dict()
+    for n in frozen_names:
+        assert torch.equal(before["image_tower." + n], after["image_tower." + n]), n
+    frozen_buffers = [k for k in before if k.startswith(tuple("image_tower." + f for f in frozen)) and "running" in k]
+    assert all(torch.equal(before[k], after[k]) for k in frozen_buffers)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_tower." + trained))
+
+
+def test_freeze_too_many_stages_is_a_user_error():
+    with pytest.raises(UserError, match="freeze_stages"):
+        create_model(tiny(freeze_stages=3), Vocabulary(WORDS))
+    with pytest.raises(UserError, match="model.freeze_stages"):
+        from_dict(ModelConfig, {"freeze_stages": -1}, "model")
+
+
+def test_defaults_unchanged():
+    cfg = ModelConfig()
+    assert (cfg.freeze_stages, cfg.text_encoder, cfg.freeze_language) == (0, "phrase", False)
+    model = create_model(tiny(), Vocabulary(WORDS))
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(UserError, match="model.text_encoder"):
+        from_dict(ModelConfig, {"text_encoder": "gpt"}, "model")
+
+
+# ---- BERT language tower --------------------------------------------------------------------
+
+def test_bert_tower_shapes_wildcards_determinism_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny(text_encoder="bert", text_config=BERT)
+    vocab = Vocabulary(WORDS)
+    model = create_model(cfg, vocab)
+    vec = model.encode_facts(FACTS)
+    assert vec.shape == (3, 48)
+    assert torch.all(vec[0, 16:] == 0) and torch.all(vec[1, 32:] == 0)
+    assert torch.allclose(vec[2].view(3, 16).norm(dim=1), torch.ones(3))
+    # the same fact alone or padded in a batch with longer phrases: same vector
+    alone = model.encode_facts([FACTS[1]])
+    assert torch.allclose(alone, vec[1:2], atol=1e-5)
+    assert torch.equal(model.encode_facts(FACTS), vec)
+    # phrases reach BERT as [CLS] words [SEP]
+    ids, attention = model.language_tower.phrase_inputs(torch.tensor([[2, 3, 0], [0, 0, 0]]))
+    n = len(vocab)
+    assert ids.tolist() == [[n, 2, 3, n + 1, 0], [n, n + 1, 0, 0, 0]]
+    assert attention.tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+    loaded = round_trip(model, cfg, vocab, tmp_path)
+    assert torch.equal(loaded.encode_facts(FACTS), vec)
+    # trains: gradients reach BERT
+    tokens, mask = vocab.encode(FACTS)
+    model.train()
+    model.embed_facts(tokens, mask).pow(2).sum().backward()
+    assert model.language_tower.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_bert_pretrained_directory(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "star", "circle", "blue", "dark"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(pieces), **BERT), add_pooling_layer=False).save_pretrained(tmp_path)
+    fast.save_pretrained(tmp_path)
+    cfg = tiny(text_encoder="bert", text_pretrained=str(tmp_path), text_pooling="mean")
+    vocab = Vocabulary(["star", "dark", "blue", "hexagon"])
+    model = create_model(cfg, vocab)
+    ids, _ = model.language_tower.phrase_inputs(torch.tensor([[vocab.index["dark"], vocab.index["blue"]],
+                                                              [vocab.index["hexagon"], 0]]))
+    assert ids.tolist() == [[2, 7, 6, 3, 0, 0], [2, 1, 3, 0, 0, 0]]  # hexagon -> [UNK]
+    vec = model.encode_facts(FACTS)
+    assert vec.shape == (3, 48) and torch.all(vec[0, 16:] == 0)
+    with pytest.raises(UserError, match="text_pretrained"):
+        create_model(tiny(text_encoder="bert", text_pretrained=str(tmp_path / "nope")), vocab)
+
+
+# ---- word-vector language tower --------------------------------------------------------------
+
+def write_vectors(path, header=True, dim=16):
+    rows = {w: [float(i + 1 + k / 10) for k in range(dim)] for i, w in enumerate(["star", "blue", "circle", "unused"])}
+    lines = [f"{len(rows)} {dim}"] if header else []
+    lines += [" ".join([w, *map(str, v)]) for w, v in rows.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rows
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_read_word_vectors(tmp_path, header):
+    rows = write_vectors(tmp_path / "vec.txt", header=header)
+    table, dim = read_word_vectors(tmp_path / "vec.txt", ["star", "red", "circle"])
+    assert dim == 16 and table.shape == (3, 16)
+    assert torch.allclose(table[0], torch.tensor(rows["star"])) and torch.all(table[1] == 0)
+
+
+@pytest.mark.parametrize("content,match", [
+    ("star 1 2 3\nblue 1 2\n", "line 2: expected a word and 3 numbers"),
+    ("2 3\nstar 1 2 x\n", "line 2: not a number"),
+    ("", "no word vectors"),
+])
+def test_bad_word_vectors_file_names_file_and_line(tmp_path, content, match):
+    (tmp_path / "vec.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=match) as err:
+        read_word_vectors(tmp_path / "vec.txt", ["star"])
+    assert "vec.txt" in str(err.value)
+
+
+def test_vectors_tower(tmp_path):
+    write_vectors(tmp_path / "vec.txt")
+    vocab = Vocabulary(["star", "blue", "circle", "red"])  # "red" has no vector
+    cfg = tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt"), freeze_language=True)
+    torch.manual_seed(0)
+    model = create_model(cfg, vocab)
+    tower = model.language_tower
+    assert not any(n.startswith("language_tower.") for n in trainable(model))
+    assert "language_tower.table" in model.state_dict() and not tower.table.requires_grad
+    assert tower.table.shape == (len(vocab), 16)
+    # unknown words are left out of the mean: "blue red" embeds as "blue"; "red" alone as zero vector
+    tokens, mask = vocab.encode([Fact("star", "blue red"), Fact("star", "blue"), Fact("star", "red")])
+    emb = model.embed_facts(tokens, mask)
+    assert torch.allclose(emb[0], emb[1])
+    assert torch.allclose(emb[2, 1], tower.slots[1].bias)
+    assert torch.all(model.encode_facts(FACTS)[0, 16:] == 0)
+    # the checkpoint holds the vectors: loading needs no file
+    vec = model.encode_facts(FACTS)
+    (tmp_path / "vec.txt").unlink()
+    assert torch.equal(round_trip(model, cfg, vocab, tmp_path).encode_facts(FACTS), vec)
+    with pytest.raises(UserError, match="file not found"):
+        create_model(cfg, vocab)
+
+
+def test_vectors_tower_config_errors(tmp_path):
+    write_vectors(tmp_path / "vec.txt", dim=8)
+    with pytest.raises(UserError, match="set model.word_dim to 8"):
+        create_model(tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), Vocabulary(WORDS))
+    with pytest.raises(UserError, match="model.word_vectors"):
+        create_model(tiny(text_encoder="vectors"), Vocabulary(WORDS))
+
+
+def test_vectors_tower_trains_its_slot_maps(tmp_path):
+    write_vectors(tmp_path / "vec.txt")
+    vocab = Vocabulary(WORDS)
+    model = create_model(tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), vocab)
+    names = trainable(model)
+    assert "language_tower.slots.0.weight" in names and "language_tower.table" not in names
+
+
+# ---- compositional zero-shot facts -----------------------------------------------------------
+
+def images_of(shape: str, colour: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Tiny synthetic world: the shape is where the blob is, the colour which channel it lights."""
+    x = torch.randn(n, 3, 32, 32, generator=gen) * 0.1
+    rows = slice(4, 16) if shape == "star" else slice(16, 28)
+    x[:, {"red": 0, "blue": 2}[colour], rows, 8:24] += 2.0
+    return x
+
+
+def test_unseen_combination_is_composed_from_seen_slots():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    vocab = Vocabulary(["star", "circle", "red", "blue"])
+    model = create_model(tiny(), vocab)
+    seen = [Fact("star", "red"), Fact("circle", "blue")]
+    tokens, mask = vocab.encode(seen)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(30):
+        pixels = torch.cat([images_of("star", "red", 4, gen), images_of("circle", "blue", 4, gen)])
+        targets = torch.tensor([0] * 4 + [1] * 4)
+        loss = fact_loss(model.embed_images(pixels), model.embed_facts(tokens, mask), mask, targets,
+                         torch.zeros((8, 2), dtype=torch.bool), LossConfig())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    facts = [Fact("star", "blue"), Fact("star"), Fact("circle", "blue")]
+    vec = model.encode_facts(facts).view(3, 3, 16)
+    # slots are encoded independently: the unseen fact is made of the seen facts' slots
+    assert torch.equal(vec[0, 0], vec[1, 0]) and torch.equal(vec[0, 1], vec[2, 1])
+    # and an image of the unseen combination scores its own fact above the two seen ones on average
+    candidates = model.encode_facts([Fact("star", "blue"), Fact("star", "red"), Fact("circle", "blue"),
+                                     Fact("circle", "red")])
+    with torch.no_grad():
+        img = normalize_slots(model.eval().embed_images(images_of("star", "blue", 8, gen)))  # (8, 48)
+    scores = img @ candidates.T  # (8, 4)
+    assert scores[:, 0].mean() > scores.mean()  # above the random baseline
