@@ -54,12 +54,12 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
 def freeze_stages(backbone: nn.Module, kind: str, stages: int) -> list[nn.Module]:
     """Freeze the stem and the first ``stages`` stages of a backbone (``model.freeze_stages``).
 
-    ResNet: ``embedder`` + ``encoder.stages[:N]``; ViT: ``embeddings`` + ``encoder.layer[:N]``.
+    ResNet: ``embedder`` + ``encoder.stages[:N]``; ViT: ``embeddings`` + ``layers[:N]`` (transformers 5 names).
     Returns the frozen modules (none when ``stages`` is 0).
     """
     if stages == 0:
         return []
-    blocks = backbone.encoder.stages if kind == "resnet" else backbone.encoder.layer
+    blocks = backbone.encoder.stages if kind == "resnet" else backbone.layers
     if stages > len(blocks):
         raise UserError(f"config model.freeze_stages: {stages} is more than the {len(blocks)} stages of the backbone")
     stem = backbone.embedder if kind == "resnet" else backbone.embeddings
@@ -219,7 +219,10 @@ class BertLanguageTower(nn.Module):
         _check_tokens(tokens)
         f, _, length = tokens.shape
         ids, attention = self.phrase_inputs(tokens.reshape(f * 3, length))  # (F*3, T)
-        hidden = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state  # (F*3, T, h)
+        # An additive (F*3, 1, 1, T) mask is used as given; a 2-D one would make transformers test
+        # `mask.all()` to skip masking, data-dependent control flow that torch.func.vmap rejects.
+        bias = (1.0 - attention[:, None, None, :].to(self.bert.dtype)) * torch.finfo(self.bert.dtype).min
+        hidden = self.bert(input_ids=ids, attention_mask=bias).last_hidden_state  # (F*3, T, h)
         if self.pooling == "cls":
             phrase = hidden[:, 0]
         else:  # mean over [CLS] words [SEP]
