@@ -35,7 +35,7 @@ class ModelConfig:
     word_dim: int = 64  # word vectors of the language tower
     text_hidden: int = 128  # hidden width of the per-slot phrase encoders
     # Freeze (requires_grad=False, batch-norm statistics kept) the backbone's stem and its first
-    # freeze_stages stages: ResNet embedder + encoder.stages[:N], ViT embeddings + encoder.layer[:N].
+    # freeze_stages stages: ResNet embedder + encoder.stages[:N], ViT embeddings + layers[:N].
     # 0 = everything trains. Frozen parameters are absent from the continual methods' state.
     freeze_stages: int = 0
     # Language tower: phrase (word embeddings learnt from scratch, mean-pooled, per-slot MLP) |
@@ -84,6 +84,11 @@ class TrainConfig:
     # killed run close to where it stopped; 0 = checkpoints only at the end of each task. A
     # checkpoint is written at every task end and on Ctrl-C whatever this says.
     checkpoint_every: int = 500
+    # Several processes (torchrun, --nproc): batch norm normalises with the statistics of the global
+    # batch, so N ranks take the steps of one process (true), or of each rank's share (false: two
+    # collectives fewer per batch-norm layer and step, faster where a collective is slow, e.g. CPU
+    # processes with gloo; the usual DDP default). See factlearn/distributed.py.
+    sync_batch_norm: bool = True
 
 
 @dataclass

@@ -204,7 +204,7 @@ class Session:
         done = first_epoch * steps_per_epoch + first_batch
         bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not self.progress)
         try:
-            with data_parallel(model, self.dist) as forward:
+            with data_parallel(model, self.dist, cfg.sync_batch_norm) as forward:
                 for epoch in range(first_epoch, cfg.epochs):
                     gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t * 1009 + epoch)
                     order = torch.randperm(len(rows), generator=gen)

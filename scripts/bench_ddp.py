@@ -9,7 +9,9 @@ default model, ``train.batch_size`` 64 as the global batch, method finetune; dec
 and evaluation are not timed) in three set-ups:
 
 - 1 process, T threads (T = OMP_NUM_THREADS, default 1): the baseline;
-- N processes, T threads each (torch.multiprocessing, gloo): DDP with GlobalBatchNorm;
+- N processes, T threads each (torch.multiprocessing, gloo): DDP with GlobalBatchNorm (the steps
+  of one process);
+- the same with ``train.sync_batch_norm: false`` (each rank's own batch-norm statistics);
 - 1 process, N*T threads: the same cores used by one process instead.
 
 Each rank times from a barrier to the end of its task; the slowest rank counts. Prints images/s
@@ -37,9 +39,10 @@ from factlearn.distributed import SINGLE, Context, join_group
 from factlearn.train import Session
 
 
-def time_task(world: str, epochs: int, ctx: Context) -> tuple[float, int]:
+def time_task(world: str, epochs: int, ctx: Context, sync_bn: bool = True) -> tuple[float, int]:
     """Seconds to train task B1 on this rank, and the images trained on (all ranks together)."""
-    cfg = load_config(None, {"train.epochs": epochs, "train.checkpoint_every": 0, "method.name": "finetune"})
+    cfg = load_config(None, {"train.epochs": epochs, "train.checkpoint_every": 0, "method.name": "finetune",
+                             "train.sync_batch_norm": sync_bn})
     s = Session(load_dataset(world), cfg, 0, torch.device("cpu"), False, ctx)
     ctx.barrier()
     start = time.perf_counter()
@@ -48,12 +51,13 @@ def time_task(world: str, epochs: int, ctx: Context) -> tuple[float, int]:
     return time.perf_counter() - start, epochs * len(s.rows(s.tasks[0], test=False))
 
 
-def rank_main(rank: int, nproc: int, threads: int, store: str, world: str, epochs: int, out: str) -> None:
+def rank_main(rank: int, nproc: int, threads: int, sync_bn: bool, store: str, world: str, epochs: int,
+              out: str) -> None:
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=nproc)
     try:
         ctx, _, _ = join_group(torch.device("cpu"))
-        seconds, images = time_task(world, epochs, ctx)
+        seconds, images = time_task(world, epochs, ctx, sync_bn)
         probe = torch.zeros(130)  # about a batch-norm layer's statistics
         start = time.perf_counter()
         for _ in range(200):
@@ -65,17 +69,17 @@ def rank_main(rank: int, nproc: int, threads: int, store: str, world: str, epoch
         dist.destroy_process_group()
 
 
-def measure(setup: str, world: str, epochs: int, nproc: int, threads: int, tmp: Path) -> float:
+def measure(setup: str, world: str, epochs: int, nproc: int, threads: int, sync_bn: bool, tmp: Path) -> float:
     """images/s of one run of ``setup``."""
     if nproc == 1:
         torch.set_num_threads(threads)
         seconds, images = time_task(world, epochs, SINGLE)
     else:
         store, out = tmp / f"store-{time.monotonic_ns()}", tmp / "result.txt"
-        mp.spawn(rank_main, args=(nproc, threads, str(store), world, epochs, str(out)), nprocs=nproc)
+        mp.spawn(rank_main, args=(nproc, threads, sync_bn, str(store), world, epochs, str(out)), nprocs=nproc)
         seconds, images, latency = (float(v) for v in out.read_text().split())
         setup += f" [all-reduce {latency * 1e6:.0f} us]"
-    print(f"  {setup:<44} {images / seconds:8.1f} images/s  ({seconds:.1f} s for {int(images)} images)", flush=True)
+    print(f"  {setup:<56} {images / seconds:8.1f} images/s  ({seconds:.1f} s for {int(images)} images)", flush=True)
     return images / seconds
 
 
@@ -93,19 +97,20 @@ def main() -> None:
         if world is None:
             world = tmp / "world"
             generate_world(world, seed=0, preset="small", workers=1)
-        setups = [("1 process", 1, threads), (f"{args.nproc} processes (DDP)", args.nproc, threads),
-                  (f"1 process, {args.nproc * threads} threads", 1, args.nproc * threads)]
-        best = {name: 0.0 for name, _, _ in setups}
+        setups = [("1 process", 1, threads, True), (f"{args.nproc} processes (DDP)", args.nproc, threads, True),
+                  (f"{args.nproc} processes (DDP, per-rank batch norm)", args.nproc, threads, False),
+                  (f"1 process, {args.nproc * threads} threads", 1, args.nproc * threads, True)]
+        best = {name: 0.0 for name, *_ in setups}
         print(f"task B1 of {world}, {args.epochs} epochs, {threads} thread(s) per process, "
               f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}", flush=True)
         for r in range(args.repeats):
             print(f"repeat {r + 1}", flush=True)
-            for name, nproc, n_threads in setups:
-                best[name] = max(best[name], measure(name, str(world), args.epochs, nproc, n_threads, tmp))
+            for name, nproc, n_threads, sync_bn in setups:
+                best[name] = max(best[name], measure(name, str(world), args.epochs, nproc, n_threads, sync_bn, tmp))
     base = best[setups[0][0]]
     print(f"\nbest of repeats (load average now {os.getloadavg()[0]:.1f}):")
-    for name, _, _ in setups:
-        print(f"  {name:<28} {best[name]:8.1f} images/s  x{best[name] / base:.2f}")
+    for name, *_ in setups:
+        print(f"  {name:<40} {best[name]:8.1f} images/s  x{best[name] / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ def rank_main(rank: int, world: int, store: str, data: str, cfg_path: str, out: 
         ctx, _, owned = join_group(torch.device("cpu"))
         assert (ctx.rank, ctx.world, owned) == (rank, world, False)
         save_file(session_results(data, cfg_path, ctx), f"{out}/rank{rank}.safetensors")
+        # Per-rank batch-norm statistics: other steps than one process's, the same model on every rank.
+        s = Session(load_dataset(data), load_config(cfg_path, {"train.sync_batch_norm": False}), 0,
+                    torch.device("cpu"), False, ctx)
+        s.train_task(0)
+        save_file(s.model.state_dict(), f"{out}/local_bn{rank}.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -94,6 +99,10 @@ def test_two_ranks_compute_what_one_process_computes(tmp_path, tiny_world, cfg_p
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     for key in ranks[0]:  # identical parameters and method state on every rank (SI's path integral too)
         assert torch.equal(ranks[0][key], ranks[1][key]), key
+    local = [load_file(str(tmp_path / f"local_bn{r}.safetensors")) for r in range(2)]
+    for key in local[0]:  # buffers too: rank 0's are copied to every rank at the end of the task
+        assert torch.equal(local[0][key], local[1][key]), key
+        assert not local[0][key].is_floating_point() or torch.isfinite(local[0][key]).all(), key
     torch.set_num_threads(1)
     want = session_results(str(tiny_world), str(cfg_path), SINGLE)
     for part in ("mas", "fisher", "lmas", "si", "model"):
