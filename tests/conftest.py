@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# One thread, set before torch is imported, and inherited by the subprocesses some tests start:
+# multithreaded CPU kernels do not promise bit-identical results from run to run, and the resume
+# tests compare bits. It also keeps the suite fast when other jobs share the cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
