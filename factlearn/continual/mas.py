@@ -46,14 +46,14 @@ _CHUNK_ELEMENTS_GPU = 1 << 26
 def _abs_sum(
     per_sample: Callable[[slice], dict[str, torch.Tensor]], batch: int, elements: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """sum_n |per-sample gradient|, materialising ``per_sample(samples)`` (name -> (b, *shape)) in
-    chunks of about ``_CHUNK_ELEMENTS`` (``elements`` per sample)."""
+    """sum_n |per-sample gradient|, materialising ``per_sample(samples)`` (name -> fresh (b, *shape)
+    tensors, overwritten here) in chunks of about ``_CHUNK_ELEMENTS`` (``elements`` per sample)."""
     budget = _CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS_GPU
     step = max(1, budget // max(1, elements))
     total: dict[str, torch.Tensor] = {}
     for start in range(0, batch, step):
         for name, g in per_sample(slice(start, start + step)).items():
-            a = torch.linalg.vector_norm(g, 1, dim=0)  # sum_n |g_n| in one pass over the chunk
+            a = g.abs_().sum(0)  # (in place: linalg.vector_norm(g, 1, dim=0) measured ~4x slower on CPU)
             total[name] = total[name].add_(a) if name in total else a
     return total
 
