@@ -300,6 +300,22 @@ def test_flat_index_ties_are_stable_by_row(k):
     np.testing.assert_array_equal(scores, ref_scores)
 
 
+def test_flat_index_mixed_tied_and_untied_queries():
+    # One search where some queries meet exact ties (quantised as above) and others do not
+    # (continuous): the untied keep FAISS's order, the tied are re-sorted by row.
+    rng = np.random.default_rng(4)
+    facts = np.zeros((200, 16), dtype=np.float32)
+    for row in facts:
+        row[rng.choice(16, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
+    queries = np.concatenate([facts[rng.choice(200, 20)], rng.standard_normal((20, 16)).astype(np.float32)])
+    queries = queries[rng.permutation(40)]
+    for k in (1, 3, 10):
+        scores, ids = FactIndex(facts).search(queries, k)
+        ref_scores, ref_ids = brute_topk(queries, facts, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+
+
 def test_fact_ids_clamping_and_zero_vectors():
     rng = np.random.default_rng(2)
     facts = rng.normal(size=(5, 8)).astype(np.float32)

@@ -52,9 +52,6 @@ def sized_options(kind: str, n: int) -> dict[str, int]:
     nlist = max(1, min(DEFAULT_OPTIONS["ivf"]["nlist"], n // 39))
     return {"nlist": nlist, "nprobe": min(DEFAULT_OPTIONS["ivf"]["nprobe"], nlist)}
 
-# Extra neighbours fetched beyond k so that a tie group at the k-th place is usually
-# complete in one search; when it is not, the search is repeated with twice as many.
-_TIE_MARGIN = 16
 _FORMAT = 1
 _CLASSES = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}
 
@@ -133,7 +130,7 @@ class FactIndex:
         scores = np.empty((len(q), k), dtype=np.float32)
         rows = np.empty((len(q), k), dtype=np.int64)
         todo = np.arange(len(q))
-        fetch = min(n, k + _TIE_MARGIN)
+        fetch = min(n, k + 1)
         while len(todo):
             s, r = self._search_sorted(q[todo], fetch)  # (T, fetch)
             # The top k is settled when the k-th score beats the last one fetched (so the
@@ -147,12 +144,20 @@ class FactIndex:
         return scores, ids
 
     def _search_sorted(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        s, r = self.index.search(q, fetch)  # (T, fetch) each
+        """FAISS's top ``fetch``, ordered by (score descending, row ascending); missing places last."""
+        s, r = self.index.search(q, fetch)  # (T, fetch) each, scores non-increasing
         missing = r < 0
-        s = np.where(missing, -np.inf, s).astype(np.float32)
-        # Re-sort by (-score, row): lexsort's last key is the primary one.
-        order = np.lexsort((np.where(missing, len(self), r), -s), axis=-1)
-        return np.take_along_axis(s, order, axis=1), np.take_along_axis(r, order, axis=1)
+        if missing.any():
+            s[missing] = -np.inf
+        # FAISS orders equal scores arbitrarily: re-sort the few rows where two places tie (or,
+        # defensively, are out of order). lexsort's last key is the primary one.
+        unsure = np.flatnonzero((s[:, 1:] >= s[:, :-1]).any(axis=1))
+        if len(unsure):
+            su, ru = s[unsure], r[unsure]
+            order = np.lexsort((np.where(ru < 0, len(self), ru), -su), axis=-1)
+            s[unsure] = np.take_along_axis(su, order, axis=1)
+            r[unsure] = np.take_along_axis(ru, order, axis=1)
+        return s, r
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the FAISS index to ``path`` and its metadata to ``path + ".json"``.
