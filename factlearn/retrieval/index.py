@@ -99,6 +99,7 @@ class FactIndex:
         self.kind = kind
         self.options = options
         self.fact_ids = fact_ids  # (F,) int64, row -> caller's fact id
+        self._identity_ids = bool((fact_ids == np.arange(len(fact_ids))).all())
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -127,20 +128,25 @@ class FactIndex:
             raise ValueError(f"queries: expected shape (Q, {self.dim}), got {q.shape}")
         n = len(self)
         k = min(k, n)
-        scores = np.empty((len(q), k), dtype=np.float32)
-        rows = np.empty((len(q), k), dtype=np.int64)
-        todo = np.arange(len(q))
         fetch = min(n, k + 1)
+        s, r = self._search_sorted(q, fetch)  # (Q, fetch)
+        # The top k is settled when the k-th score beats the last one fetched (so the whole tie
+        # group at place k was seen), or when every fact was fetched. Rows with a tie group that
+        # runs past the fetched places are searched again with twice as many places.
+        todo = np.flatnonzero(~(s[:, k - 1] > s[:, -1])) if fetch < n else np.empty(0, dtype=np.int64)
+        scores, rows = s[:, :k].copy(), r[:, :k].copy()  # (Q, k)
         while len(todo):
+            fetch = min(n, 2 * fetch)
             s, r = self._search_sorted(q[todo], fetch)  # (T, fetch)
-            # The top k is settled when the k-th score beats the last one fetched (so the
-            # whole tie group at place k was seen), or when every fact was fetched.
             done = (s[:, k - 1] > s[:, -1]) | (fetch == n)
             scores[todo[done]] = s[done, :k]
             rows[todo[done]] = r[done, :k]
             todo = todo[~done]
-            fetch = min(n, 2 * fetch)
-        ids = np.where(rows >= 0, self.fact_ids[np.maximum(rows, 0)], -1)
+        missing = rows < 0
+        if self._identity_ids and not missing.any():
+            return scores, rows  # the common case: row numbers are the ids, no lookup or copy
+        ids = self.fact_ids[np.maximum(rows, 0)]
+        ids[missing] = -1
         return scores, ids
 
     def _search_sorted(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
