@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reproduce the experiments of issue 7 with one command: tables and plots from scratch.
 
-    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,topic,all} [--quick]
+    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,topic,all} [SUITE ...] [--quick]
                          [--seeds N] [--out DIR] [--data DIR] [--jobs J] [--device D] [--dry-run]
 
 Suites (configs/reproduce/experiments.yaml says which methods and splits each uses):
@@ -898,7 +898,8 @@ def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = T
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", required=True, choices=[*SUITES, "all"])
+    p.add_argument("--suite", required=True, nargs="+", choices=[*SUITES, "all"],
+                   help="One or more suites (or all), trained together: --jobs packs their runs.")
     p.add_argument("--quick", action="store_true", help="Small world and model, 1 seed: about 15 min on 2 cores.")
     p.add_argument("--seeds", type=int, default=None, help="Training seeds 0..N-1 (default: 1 quick, 3 full).")
     p.add_argument("--out", type=Path, default=None, help="Results folder (default: results/quick or results/full).")
@@ -908,6 +909,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--experiments", type=Path, default=CONFIG_DIR / "experiments.yaml", help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="Print the runs it would launch and exit.")
     p.add_argument("--no-plots", action="store_true", help="Tables only.")
+    p.add_argument("--report-only", action="store_true",
+                   help="Train nothing: rewrite the tables and plots from the runs of OUT complete so far.")
     args = p.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -933,7 +936,7 @@ def _main(argv: list[str]) -> int:
     scale = "quick" if args.quick else "full"
     try:
         exp = load_experiments(args.experiments)
-        suites = list(exp.suites) if args.suite == "all" else [args.suite]
+        suites = list(exp.suites) if "all" in args.suite else list(dict.fromkeys(args.suite))
         seeds = args.seeds or (1 if args.quick else 3)
         plan = make_plan(exp, suites, scale, seeds, args.out or ROOT / "results" / scale, args.data)
         configs = {m: method_config(exp, scale, m) for m in {r.method for r in plan.runs.values()}}
@@ -944,6 +947,14 @@ def _main(argv: list[str]) -> int:
                                  "use another --out, or delete that run")
         if args.dry_run:
             print_plan(plan, args.device, train_steps(plan, exp))
+            return 0
+        if args.report_only:
+            invocation = {"command": "scripts/reproduce.py " + " ".join(argv), "jobs": 0,
+                          "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seconds": 0.0,
+                          "trained": 0, "skipped": 0, "failed": 0}
+            readme = write_report(make_plan(exp, list(exp.suites), scale, seeds, plan.out, args.data), exp,
+                                  invocation, plots=not args.no_plots)
+            print(f"report of the complete runs so far: {readme}")
             return 0
         if args.data is not None and not args.data.exists():
             raise SetupError(f"--data {args.data}: not found")

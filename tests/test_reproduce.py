@@ -119,6 +119,27 @@ def test_tables_mean_and_std_over_seeds(exp, tmp_path):
     assert "## two-task" in text and "60.0 ± 14.1" in text and (tmp_path / "two-task.md").is_file()
 
 
+def test_several_suites_in_one_invocation():
+    args = rp.parse_args(["--suite", "two-task", "four-task", "--seeds", "3"])
+    assert args.suite == ["two-task", "four-task"]
+    with pytest.raises(SystemExit):
+        rp.parse_args(["--suite", "two-task", "nonsense"])
+
+
+def test_report_only_trains_nothing(exp, tmp_path, capsys):
+    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    for method in METHODS[:3]:  # a reproduction still under way: three runs of eight complete
+        _write_run(plan.run_dir(plan.runs[f"random2/seed0/{method}"]), method, [[0.9, 0.0], [0.6, 0.8]])
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert rp.main(["--suite", "all", "--quick", "--out", str(tmp_path), "--report-only", "--no-plots"]) == 0
+    assert "report of the complete runs so far" in capsys.readouterr().out
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    # no world, no run, no log; adaptation shares the two-task finetune run
+    assert set(after) - set(before) == {Path("README.md"), Path("two-task.md"), Path("adaptation.md")}
+    table = (tmp_path / "two-task.md").read_text()
+    assert "| finetune | 60.0 | 80.0 |" in table and "| joint | - | - | - | - |" in table
+
+
 def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
     plan = rp.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path)
     for run in plan.runs.values():
