@@ -786,6 +786,8 @@ def suite_plots(plan: Plan, suite: str, sc: SuiteConfig, res: SuiteResults) -> l
         written += [_adaptation_figure(res, proto, folder / f"halves_{proto}.png") for proto in PROTOCOLS]
     elif suite == "topic":
         written += [_topic_figure(res, sc.group, proto, folder / f"group_{sc.group}_{proto}.png") for proto in PROTOCOLS]
+    else:
+        written += [_final_figure(res, suite, proto, folder / f"final_{proto}.png") for proto in PROTOCOLS]
     for proto in PROTOCOLS:
         pngs = compare_plots(runs, folder / proto, list(METRICS), proto)
         written += sorted(p for p in pngs if p.name.startswith("sequence_"))  # the matrices: in the folder
@@ -799,25 +801,45 @@ def _figure(ncols: int):
     return fig, fig.subplots(1, ncols, squeeze=False).ravel()
 
 
-def _adaptation_figure(res: SuiteResults, proto: str, path: Path) -> Path:
+def _bars(ax, values: dict[str, dict[str, list[float]]], ylabel: str) -> None:
+    """Grouped bars: one group per row label, one bar per column, mean with the std over seeds."""
     import numpy as np
 
+    labels = list(values)
+    columns = list(dict.fromkeys(c for v in values.values() for c in v))
+    width = 0.8 / len(columns)
+    for k, col in enumerate(columns):
+        cells = [values[lab].get(col, []) for lab in labels]
+        means = [np.mean(c) if c else np.nan for c in cells]
+        stds = [np.std(c, ddof=1) if len(c) > 1 else 0 for c in cells]
+        ax.bar(np.arange(len(labels)) + (k - (len(columns) - 1) / 2) * width, means, width, yerr=stds, label=col)
+    ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 16) for lab in labels], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _adaptation_figure(res: SuiteResults, proto: str, path: Path) -> Path:
     fig, axes = _figure(len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        values = adaptation_values(res, proto, metric)
-        labels = list(values)
-        columns = list(next(iter(values.values())))
-        width = 0.8 / len(columns)
-        for k, col in enumerate(columns):
-            means = [np.mean(values[lab][col]) if values[lab][col] else np.nan for lab in labels]
-            stds = [np.std(values[lab][col], ddof=1) if len(values[lab][col]) > 1 else 0 for lab in labels]
-            ax.bar(np.arange(len(labels)) + (k - (len(columns) - 1) / 2) * width, means, width, yerr=stds, label=col)
-        ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 16) for lab in labels], fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
-        ax.grid(axis="y", alpha=0.3)
+        _bars(ax, adaptation_values(res, proto, metric), f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Importance from one half of {res.tasks[0]} ({proto} protocol)")
+    return _save(fig, path)
+
+
+def _final_figure(res: SuiteResults, suite: str, proto: str, path: Path) -> Path:
+    """Each task's accuracy after the last task, and their mean, per method (mean ± std over seeds)."""
+    fig, axes = _figure(len(METRICS))
+    for ax, metric in zip(axes, METRICS):
+        values = {}
+        for label, docs in res.metrics.items():
+            blocks = [d["protocols"][proto] for d in docs]
+            values[label] = {t: [b["final"][t][metric] for b in blocks] for t in res.tasks}
+            values[label]["mean"] = [b["sequence"][metric]["average"] for b in blocks]
+        _bars(ax, values, f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
+    axes[0].legend(fontsize=8, ncols=len(res.tasks) + 1)
+    fig.suptitle(f"{suite}: each task's accuracy after the last one ({proto} protocol)")
     return _save(fig, path)
 
 

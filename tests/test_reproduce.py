@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import factlearn
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -140,6 +142,16 @@ def test_report_only_trains_nothing(exp, tmp_path, capsys):
     assert "| finetune | 60.0 | 80.0 |" in table and "| joint | - | - | - | - |" in table
 
 
+def test_plots_of_the_final_accuracy(exp, tmp_path):
+    plan = rp.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
+    for run in plan.runs.values():
+        _write_run(plan.run_dir(run), run.method, [[0.9, 0.0], [0.5 + 0.1 * run.seed, 0.8]])
+    pngs = rp.suite_plots(plan, "two-task", exp.suites["two-task"], rp.collect(plan, "two-task"))
+    names = {p.relative_to(tmp_path / "plots" / "two-task").as_posix() for p in pngs}
+    assert {"final_standard.png", "final_generalized.png", "standard/sequence_top1.png"} <= names
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
 def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
     plan = rp.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path)
     for run in plan.runs.values():
@@ -185,4 +197,4 @@ def _write_run(folder: Path, method: str, acc: list[list[float]], tasks: list[st
            "protocols": {"standard": block, "generalized": block}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(doc))
-    (folder / "run.json").write_text("{}")
+    (folder / "run.json").write_text(json.dumps({"factlearn_version": factlearn.__version__}))
