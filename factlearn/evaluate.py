@@ -1,6 +1,7 @@
 """Per-task evaluation: nearest-fact retrieval through a FAISS index of the model's facts.
 
-For every task: embed its test images and its candidate facts (:func:`task_views`), rank the
+For every task: embed its test images and its candidate facts (:func:`task_views`; the test set is
+embedded once for every task and protocol), rank the
 candidates per image through a :class:`ShardedFactIndex` (fact recognition: top-k, MRR, overall
 and per fact order), rank the images per candidate by the same cosine scores (image retrieval:
 mAP, mAP@100), and optionally write the embeddings out (:func:`export_views`).
@@ -67,6 +68,43 @@ class TaskView:
     fact_emb: np.ndarray  # (C, D) float32
 
 
+def embed_test_set(
+    model: FactModel, facts: FactTable, images: torch.Tensor, batch_size: int = 256, chunk: int = CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed the test images and the whole fact table once, for every task and protocol.
+
+    Args:
+        images: (N, 3, H, W) uint8 test images of all tasks.
+        batch_size: images per forward pass; chunk: images (rounded up to whole batches) and facts
+            embedded per call, so only the (N, D) embeddings grow with N.
+    Returns:
+        (N, D) image and (F, D) fact embeddings, float32, L2-normalised (dot = cosine).
+    """
+    # Normalised once here as the index would, so exported arrays and dense scores are cosines.
+    img_emb = np.empty((len(images), model.dim), dtype=np.float32)  # (N, D)
+    step = batch_size * -(-chunk // batch_size)  # whole batches: the same passes as one call
+    for lo in range(0, len(images), step):
+        img_emb[lo : lo + step] = normalised_rows(
+            model.encode_images(images[lo : lo + step], batch_size=batch_size).numpy(), "images")
+    fact_emb = np.concatenate([normalised_rows(model.encode_facts(facts.facts[lo : lo + chunk]).numpy(), "facts")
+                               for lo in range(0, len(facts.facts), chunk)])  # (F, D)
+    return img_emb, fact_emb
+
+
+def cut_views(
+    tasks: Sequence[Task], image_fact_ids: np.ndarray, img_emb: np.ndarray, fact_emb: np.ndarray,
+    trained: int, protocol: str = "standard",
+) -> list[TaskView]:
+    """One :class:`TaskView` per task from the embeddings of :func:`embed_test_set`."""
+    image_fact_ids = np.asarray(image_fact_ids)
+    views = []
+    for j, task in enumerate(tasks):
+        cand = np.array(candidates_for(tasks, j, trained, protocol), dtype=np.int64)
+        rows = np.flatnonzero(np.isin(image_fact_ids, task.facts))
+        views.append(TaskView(task.name, rows, image_fact_ids[rows], cand, img_emb[rows], fact_emb[cand]))
+    return views
+
+
 def task_views(
     model: FactModel,
     facts: FactTable,
@@ -83,24 +121,10 @@ def task_views(
     Args:
         images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
         trained: how many tasks the model has been trained on (for the generalized protocol).
-        batch_size: images per forward pass; chunk: images (rounded up to whole batches) and facts
-            embedded per call, so only the (N, D) embeddings grow with N.
+        batch_size, chunk: as in :func:`embed_test_set`.
     """
-    image_fact_ids = np.asarray(image_fact_ids)
-    # Normalised once here as the index would, so exported arrays and dense scores are cosines.
-    img_emb = np.empty((len(images), model.dim), dtype=np.float32)  # (N, D)
-    step = batch_size * -(-chunk // batch_size)  # whole batches: the same passes as one call
-    for lo in range(0, len(images), step):
-        img_emb[lo : lo + step] = normalised_rows(
-            model.encode_images(images[lo : lo + step], batch_size=batch_size).numpy(), "images")
-    fact_emb = np.concatenate([normalised_rows(model.encode_facts(facts.facts[lo : lo + chunk]).numpy(), "facts")
-                               for lo in range(0, len(facts.facts), chunk)])  # (F, D)
-    views = []
-    for j, task in enumerate(tasks):
-        cand = np.array(candidates_for(tasks, j, trained, protocol), dtype=np.int64)
-        rows = np.flatnonzero(np.isin(image_fact_ids, task.facts))
-        views.append(TaskView(task.name, rows, image_fact_ids[rows], cand, img_emb[rows], fact_emb[cand]))
-    return views
+    img_emb, fact_emb = embed_test_set(model, facts, images, batch_size, chunk)
+    return cut_views(tasks, image_fact_ids, img_emb, fact_emb, trained, protocol)
 
 
 def evaluate_view(
@@ -190,7 +214,7 @@ def evaluate_tasks(
     images: torch.Tensor,
     image_fact_ids: np.ndarray,
     trained: int,
-    protocol: str = "standard",
+    protocol: str | Sequence[str] = "standard",
     batch_size: int = 256,
     index_kind: str = "flat",
     index_options: dict[str, int] | None = None,
@@ -201,14 +225,20 @@ def evaluate_tasks(
     Args:
         images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
         trained: how many tasks the model has been trained on (for the generalized protocol).
-        protocol: ``"standard"`` or ``"generalized"`` candidates (:func:`candidates_for`).
+        protocol: ``"standard"`` or ``"generalized"`` candidates (:func:`candidates_for`), or a
+            sequence of them: the images are embedded once for all of them.
         index_kind, index_options: the FactIndex used for recognition (``"flat"`` is exact).
         chunk: images (and facts) embedded and searched at a time; bounds memory, changes no result.
     Returns:
-        task name -> the dict of :func:`evaluate_view`.
+        task name -> the dict of :func:`evaluate_view`; for a sequence of protocols,
+        protocol -> task name -> that dict.
     """
-    views = task_views(model, facts, tasks, images, image_fact_ids, trained, protocol, batch_size, chunk)
-    return {v.name: evaluate_view(v, facts, index_kind, index_options, chunk) for v in views}
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol)
+    img_emb, fact_emb = embed_test_set(model, facts, images, batch_size, chunk)
+    out = {proto: {v.name: evaluate_view(v, facts, index_kind, index_options, chunk)
+                   for v in cut_views(tasks, image_fact_ids, img_emb, fact_emb, trained, proto)}
+           for proto in protocols}
+    return out[protocol] if isinstance(protocol, str) else out
 
 
 def export_views(out_dir: str | Path, views: Sequence[TaskView], facts: FactTable, image_names: Sequence[str]) -> None:

@@ -25,7 +25,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -265,12 +265,13 @@ class Session:
         self.method.after_step(model)
         return loss_value, penalty_value
 
-    def evaluate(self, trained: int, protocol: str) -> dict[str, dict]:
-        """Every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat index."""
+    def evaluate(self, trained: int, protocols: Sequence[str]) -> dict[str, dict[str, dict]]:
+        """protocol -> every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat
+        index; the test images are embedded once for all protocols."""
         rows = np.flatnonzero(self.is_test)
         return evaluate_tasks(
             self.model, self.dataset.facts, self.tasks, self.images[rows], self.fact_ids[rows], trained,
-            protocol, self.cfg.eval.batch_size,
+            list(protocols), self.cfg.eval.batch_size,
         )
 
 
@@ -381,8 +382,8 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
                 kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
                 raise ctx.error(f"{exc} Stopped; {kept}.") from None
             if ctx.is_main:
-                for proto in PROTOCOLS:
-                    rows[proto].append(s.evaluate(t + 1, proto))
+                for proto, result in s.evaluate(t + 1, PROTOCOLS).items():
+                    rows[proto].append(result)
                 tensors, _ = trainer_state(dev)
                 last_good = run.save_checkpoint(name, s.model, s.method,
                                                 {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)

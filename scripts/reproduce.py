@@ -607,7 +607,7 @@ def probe(run_dir: Path, view_dir: Path, out: Path, device: str = "auto") -> Non
 
     from factlearn.data.images import load_images
     from factlearn.data.manifest import load_dataset
-    from factlearn.evaluate import evaluate_view, task_views
+    from factlearn.evaluate import cut_views, embed_test_set, evaluate_view
     from factlearn.run import RunDir
     from factlearn.train import resolve_device
 
@@ -619,10 +619,10 @@ def probe(run_dir: Path, view_dir: Path, out: Path, device: str = "auto") -> Non
     doc: dict = {"run": str(run_dir), "view": str(view_dir), "images": len(fact_ids), "after": {}}
     for trained, name in enumerate(run.completed(), start=1):
         model, _ = run.load_model(name, resolve_device(device))
+        img_emb, fact_emb = embed_test_set(model, facts, images, cfg.eval.batch_size)  # once for both protocols
         doc["after"][name] = {
             proto: {v.name: evaluate_view(v, facts)
-                    for v in task_views(model, facts, tasks, images, fact_ids, trained, proto, cfg.eval.batch_size)
-                    if len(v.rows)}
+                    for v in cut_views(tasks, fact_ids, img_emb, fact_emb, trained, proto) if len(v.rows)}
             for proto in PROTOCOLS
         }
     _write_text(out, json.dumps(doc, indent=1) + "\n")

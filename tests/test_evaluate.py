@@ -135,6 +135,19 @@ def test_evaluate_tasks_matches_bruteforce(random_model_setup, protocol, trained
         assert "recall@10" not in got[name]
 
 
+def test_several_protocols_embed_the_images_once(random_model_setup, monkeypatch):
+    model, images, image_fact_ids, img_emb, fact_emb = random_model_setup
+    calls = []
+    encode = model.encode_images
+    monkeypatch.setattr(model, "encode_images", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    got = evaluate_tasks(model, FACTS, TASKS, images, image_fact_ids, 1, ["standard", "generalized"], batch_size=32)
+    assert len(calls) == 1 and list(got) == ["standard", "generalized"]
+    for protocol in got:
+        want = ref_evaluate(img_emb, fact_emb, image_fact_ids, 1, protocol)
+        for name in ("B1", "B2"):
+            assert_metrics_equal(got[protocol][name], want[name])
+
+
 def test_approximate_index_reports_recall(random_model_setup):
     model, images, image_fact_ids, _, _ = random_model_setup
     for view in task_views(model, FACTS, TASKS, images, image_fact_ids, 2, "generalized"):
