@@ -52,6 +52,7 @@ def test_plan_of_every_suite(exp, tmp_path):
     assert all(Path(cmd[i + 1]).is_absolute() for i, a in enumerate(cmd) if a in ("--data", "--config", "--out"))
     assert rp.child_cwd(tmp_path / "logs" / "x.log") == tmp_path / "logs"
     assert rp.child_env()["OMP_NUM_THREADS"] == "1"
+    assert rp.child_env(tmp_path / "cache")["FACTLEARN_IMAGE_CACHE"] == str(tmp_path / "cache")
 
 
 def test_plan_seeds_and_data(exp, tmp_path):

@@ -3,11 +3,21 @@
 Images are decoded once, converted to RGB (grayscale, RGBA, palette and 16-bit images all work),
 resized to the model's input size and kept as uint8 tensors: the fact worlds are small enough to
 fit in memory, and decoding PNGs every epoch would starve the model on two cores.
+
+Decoding a world still takes a while in every process that loads it (about 30 s for the 28,000
+images of the 6DS-sized world on one core), which adds up over many runs of one data set (a lambda
+sweep, a reproduction). With a cache folder (``load_images(cache_dir=...)`` or the environment
+variable ``FACTLEARN_IMAGE_CACHE``) the decoded array is written there once as ``.npy`` and read
+back by later calls with the same files and size. The key covers each file's resolved path, size in
+bytes and modification time, so a changed or replaced image is decoded again; a cache file that
+cannot be read is decoded again and rewritten, and one that cannot be written is only a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +28,15 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL warns at ~89M, errors at 2x that)
 MEAN = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1)
+CACHE_ENV = "FACTLEARN_IMAGE_CACHE"
+_CACHE_FORMAT = 1  # part of the key: bump when decoding changes what it returns
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
@@ -63,9 +76,34 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_images(
-    paths: Sequence[str | Path], size: int, workers: int = 4, progress: Callable[[int], None] | None = None
+    paths: Sequence[str | Path],
+    size: int,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
-    """Decode many images in threads (PIL releases the GIL); returns (N, 3, size, size) uint8."""
+    """Decode many images in threads (PIL releases the GIL); returns (N, 3, size, size) uint8.
+
+    Args:
+        paths: image files; a missing or unreadable one is a UserError naming it.
+        size: side of the square output.
+        workers: decoding threads.
+        progress: called with the number of images done, as they are done.
+        cache_dir: folder of decoded arrays (see the module docstring); default the environment
+            variable ``FACTLEARN_IMAGE_CACHE``, and no cache when neither is set.
+    """
+    cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
+    cached = _cache_file(Path(cache_dir), paths, size) if cache_dir and len(paths) else None
+    if cached is not None and cached.is_file():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+            if arr.shape == (len(paths), 3, size, size) and arr.dtype == np.uint8:
+                if progress is not None:
+                    progress(len(paths))
+                return torch.from_numpy(arr)
+            logger.warning("image cache %s holds %s %s, not %d images: decoding again", cached, arr.shape, arr.dtype, len(paths))
+        except (OSError, ValueError) as exc:
+            logger.warning("image cache %s is unreadable (%s): decoding again", cached, exc)
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
 
     def work(i: int) -> None:
@@ -75,7 +113,28 @@ def load_images(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(work, range(len(paths))))
+    if cached is not None:
+        try:
+            with atomic_path(cached) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, out.numpy(), allow_pickle=False)
+        except OSError as exc:
+            logger.warning("cannot write the image cache %s: %s", cached, exc)
     return out
+
+
+def _cache_file(folder: Path, paths: Sequence[str | Path], size: int) -> Path:
+    """The cache file of these images at this size: a hash of every file's resolved path, size
+    in bytes and modification time (a missing file is decoded, and reported, as usual)."""
+    h = hashlib.sha256(f"factlearn-images/{_CACHE_FORMAT}/{size}/{len(paths)}".encode())
+    for p in paths:
+        p = Path(p).resolve()
+        try:
+            st = p.stat()
+            h.update(f"\n{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"\n{p}\0missing".encode())
+    return folder / f"images-{size}px-{len(paths)}-{h.hexdigest()[:24]}.npy"
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
