@@ -12,7 +12,7 @@ from PIL import Image
 
 from factlearn.cli import main
 from factlearn.data.importers import import_manifest
-from factlearn.data.manifest import load_dataset
+from factlearn.data.manifest import ManifestRow, load_dataset, write_manifest
 from factlearn.data.sherlock import import_sherlock
 from factlearn.data.splits import load_tasks_file
 from factlearn.data.vg import import_vg, load_synonyms
@@ -139,6 +139,43 @@ def test_manifest_csv_and_file_level_errors(tmp_path):
     (src / "manifest.csv").write_bytes(b"image,subject\na.png,\xff\n")
     with pytest.raises(UserError, match=r"manifest.csv:2: not valid UTF-8"):
         import_manifest(src, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("header, rows, fragment", [
+    (["", "image", "subject"], [[0, "a.png", "star"], [1, "b.png", "moon"]], None),  # a pandas index column
+    (["image", "subject", "predicate"], [["a.png", "star", "red"], ["b.png", "moon"]], "manifest.csv:3: fewer cells"),
+    (["image", "subject", "subject"], [["a.png", "star", "moon"]], "manifest.csv:1: column 'subject' appears twice"),
+])
+def test_manifest_loader_and_importer_read_csv_alike(tmp_path, header, rows, fragment):
+    src = tmp_path / "src"
+    png(src / "a.png", 1)
+    png(src / "b.png", 2)
+    write_csv(src / "manifest.csv", header, rows)
+    if fragment is None:
+        assert [str(r.fact) for r in load_dataset(src).records] == ["<star>", "<moon>"]
+        assert import_manifest(src, tmp_path / "out").images == 2
+        return
+    with pytest.raises(UserError, match=fragment):
+        load_dataset(src)
+    with pytest.raises(UserError, match=fragment):
+        import_manifest(src, tmp_path / "out")
+
+
+def test_write_manifest_round_trips(tmp_path):
+    data = tmp_path / "data"
+    png(data / "images" / "a.png", 1)
+    png(data / "images" / "b.png", 2)
+    rows = [ManifestRow("images/a.png", Fact("dog")),
+            ManifestRow("images/b.png", Fact("man", "riding", "horse"), "people", "test")]
+    path = write_manifest(data, rows)
+    assert path == data / "manifest.jsonl"
+    assert path.read_text().splitlines()[0] == ('{"image": "images/a.png", "subject": "dog", "predicate": null, '
+                                                '"object": null, "group": null, "split": null}')
+    got = [(r.image, r.fact, r.group, r.split) for r in load_dataset(data).records]
+    assert got == [(data.resolve() / row.image, row.fact, row.group, row.split) for row in rows]
+    with pytest.raises(ValueError, match="split"):
+        write_manifest(tmp_path / "other", [ManifestRow("images/a.png", Fact("dog"), split="validation")])
+    assert not (tmp_path / "other" / "manifest.jsonl").exists()
 
 
 def test_non_empty_out_dir_is_refused_and_left_alone(tmp_path):

@@ -4,8 +4,8 @@ Images are decoded once, converted to RGB (grayscale, RGBA, palette and 16-bit i
 resized to the model's input size and kept as uint8 tensors: the fact worlds are small enough to
 fit in memory, and decoding PNGs every epoch would starve the model on two cores.
 
-Decoding a world still takes a while in every process that loads it (about 30 s for the 28,000
-images of the 6DS-sized world on one core), which adds up over many runs of one data set (a lambda
+Decoding a world still takes a while in every process that loads it (docs/performance.md has
+the figures), which adds up over many runs of one data set (a lambda
 sweep, a reproduction). With a cache folder (``load_images(cache_dir=...)`` or the environment
 variable ``FACTLEARN_IMAGE_CACHE``) the decoded array is written there once as ``.npy`` and read
 back by later calls with the same files and size. The key covers each file's resolved path, size in
@@ -36,6 +36,7 @@ MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL warns at ~89M, errors
 MEAN = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1)
 CACHE_ENV = "FACTLEARN_IMAGE_CACHE"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what a folder of images holds
 _CACHE_FORMAT = 1  # part of the key: bump when decoding changes what it returns
 
 
@@ -46,13 +47,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise UserError(
-                        f"image {path} has {img.width}x{img.height} pixels, over the limit of {MAX_PIXELS}"
-                    )
-                img = _to_rgb(img)
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8).copy()
+                return pil_to_array(img, size, f"image {path}")
     except UserError:
         raise
     except FileNotFoundError:
@@ -61,7 +56,43 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def pil_to_array(img: Image.Image, size: int, where: str = "image") -> np.ndarray:
+    """A decoded PIL image -> (size, size, 3) uint8: the conversion :func:`load_image` applies to a
+    file (pixel cap, alpha composited on white, 16-bit rescaled), so a PIL image and the same file
+    embed identically."""
+    if img.width * img.height > MAX_PIXELS:
+        raise UserError(f"{where} has {img.width}x{img.height} pixels, over the limit of {MAX_PIXELS}")
+    img = to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+    """Image files -> (N, 3, size, size) uint8, decoded in order; an unreadable one is a UserError
+    naming it (for a handful of query images; data sets go through :func:`load_images`)."""
+    if not paths:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return torch.stack([torch.from_numpy(load_image(p, size)).permute(2, 0, 1) for p in paths])
+
+
+def expand_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted by name)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no images in folder {p}")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"image not found: {p}")
+    return out
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16/32-bit grayscale rescaled by its own range, transparency composited
+    on white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: rescale to 8 bits by the image's own range.
         arr = np.asarray(img, dtype=np.float64)
@@ -141,8 +172,8 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> normalised float32, the one preprocessing for train, eval and query.
 
     The result is channels-last in memory (indexing is (B, 3, H, W) as usual): oneDNN (CPU) and
-    cuDNN convolutions run faster on it, and it carries through the ResNet backbone. Measured on the
-    default model with one CPU thread: a training step 1.3x and an inference pass 1.25x faster.
+    cuDNN convolutions run faster on it, and it carries through the ResNet backbone (the speed-up
+    measured when this was introduced is in docs/performance.md).
     """
     x = images.float().div_(255.0)
     return ((x - MEAN.to(x.device)) / STD.to(x.device)).contiguous(memory_format=torch.channels_last)

@@ -17,14 +17,13 @@ Shared rules, whatever the source format:
   renamed at the end; an existing non-empty OUT_DIR is refused.
 
 This module holds that shared machinery and the generic-manifest importer; the Sherlock and
-Visual Genome importers live in :mod:`factlearn.data.sherlock` and :mod:`factlearn.data.vg`.
+Visual Genome importers live in :mod:`factlearn.data.sherlock` and :mod:`factlearn.data.vg`. Source
+files are read through :mod:`factlearn.data.textfiles` (CSV, text) and :mod:`factlearn.data.manifest`
+(manifests, which also writes the result).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import shutil
@@ -32,19 +31,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from ..errors import UserError
 from ..facts import Fact
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_write_json
 from .images import load_image
-from .manifest import COLUMNS, Dataset, Record, _record, find_manifest, load_dataset
+from .manifest import (Dataset, ManifestRow, Record, find_manifest, load_dataset, parse_record, read_rows,
+                       write_manifest)
 
 logger = logging.getLogger(__name__)
 
-# Reasons a row is skipped (the keys of ImportReport.skipped).
-MALFORMED = "malformed row"
-UNKNOWN_COLUMN = "unknown column"
+# Reasons a row is skipped (the keys of ImportReport.skipped), besides the readers' MALFORMED and
+# UNKNOWN_COLUMN (factlearn.data.textfiles).
 INVALID = "invalid value"
 BAD_FACT = "bad fact"
 UNKNOWN_ID = "unknown fact id"
@@ -71,6 +70,7 @@ class ImportReport:
     notes: dict = field(default_factory=dict)  # importer-specific counts and written files
 
     def to_json(self) -> dict:
+        """The report as written to ``import.json``: the fields, then the importer's notes."""
         return {"out_dir": str(self.out_dir), "images": self.images, "facts": self.facts,
                 "skipped": self.skipped, "examples": self.examples, **self.notes}
 
@@ -85,7 +85,12 @@ class Problems:
         self.examples: list[str] = []
 
     def add(self, reason: str, message: str) -> None:
-        """``message`` starts with the location (``file:line: ...``)."""
+        """Record a bad row (a ``bad_row`` callback of :mod:`factlearn.data.textfiles`): ``reason`` is
+        one of the reasons above, ``message`` starts with the location (``file:line: ...``).
+
+        Raises:
+            UserError: with ``message``, unless bad rows are skipped.
+        """
         if not self.skip_bad:
             raise UserError(f"{message} (--skip-bad skips bad rows)")
         self.counts[reason] += 1
@@ -93,64 +98,11 @@ class Problems:
             self.examples.append(message)
 
     def report(self, out_dir: Path, images: int, facts: int, notes: dict) -> ImportReport:
+        """The :class:`ImportReport` of an import that wrote ``images`` images of ``facts`` facts."""
         return ImportReport(out_dir, images, facts, dict(sorted(self.counts.items())), list(self.examples), notes)
 
 
 # ---- reading ----------------------------------------------------------------------------------
-
-def read_text(path: Path) -> str:
-    """A UTF-8 file's text (a leading byte-order mark dropped), or a UserError naming file and line."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8") from None
-
-
-def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
-             problems: Problems) -> Iterator[tuple[str, dict[str, str | None]]]:
-    """Rows of a CSV file with a header, as ``("file:line", {column: text or None})``.
-
-    Empty cells are None. A first column with an empty name or ``Unnamed: 0`` (the index column
-    pandas writes) is ignored. Unknown, duplicate or missing columns are errors of the file;
-    a row with too many or too few cells is a bad row.
-    """
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    try:
-        header = reader.fieldnames
-    except csv.Error as exc:
-        raise UserError(f"{path}:1: not a valid CSV header ({exc})") from None
-    if not header:
-        raise UserError(f"{path}: empty file (expected a header with {', '.join(required)})")
-    names = list(header[1:] if header[0] in ("", "Unnamed: 0") else header)
-    for name in names:
-        if name not in columns:
-            raise UserError(f"{path}:1: unknown column {name!r} (expected {', '.join(columns)})")
-        if names.count(name) > 1:
-            raise UserError(f"{path}:1: column {name!r} appears twice")
-    for name in required:
-        if name not in names:
-            raise UserError(f"{path}:1: missing column {name!r}")
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            # + 1: the line being read is not counted yet
-            raise UserError(f"{path}:{reader.line_num + 1}: malformed CSV ({exc})") from None
-        where = f"{path}:{reader.line_num}"
-        if None in row:
-            problems.add(MALFORMED, f"{where}: more cells than columns")
-        elif any(v is None for v in row.values()):
-            problems.add(MALFORMED, f"{where}: fewer cells than columns")
-        else:
-            yield where, {k: (v if v != "" else None) for k, v in row.items() if k in names}
-
 
 def check_images(paths: Sequence[Path], workers: int | None = None) -> dict[Path, str | None]:
     """Decode every image once (in threads; PIL releases the GIL): path -> None, or why it failed."""
@@ -168,6 +120,7 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> dict[Path
 
 
 def default_workers(workers: int | None) -> int:
+    """``workers`` threads, or by default one per core, at most 4."""
     return max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
 
 
@@ -185,22 +138,17 @@ def place_image(src: Path, dest: Path, link: bool) -> None:
     shutil.copyfile(src, dest)
 
 
-def manifest_row(image: str, fact: Fact, group: str | None = None, split: str | None = None) -> dict:
-    return {"image": image, "subject": fact.subject, "predicate": fact.predicate, "object": fact.object,
-            "group": group, "split": split}
-
-
-def finish(tmp: Path, rows: list[dict], problems: Problems, out_dir: Path,
+def finish(tmp: Path, rows: list[ManifestRow], problems: Problems, out_dir: Path,
            notes: dict) -> tuple[Dataset, ImportReport]:
     """Write manifest.jsonl and import.json into the staging dir and read the manifest back (the
     manifest reader is the judge of the result). Returns the Dataset and the ImportReport."""
     if not rows:
         skipped = f" ({_skipped_text(problems)})" if problems.counts else ""
         raise UserError(f"nothing to import: no usable rows{skipped}")
-    (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_manifest(tmp, rows)
     dataset = load_dataset(tmp)
     report = problems.report(Path(out_dir), len(dataset.records), len(dataset.facts), notes)
-    (tmp / "import.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(tmp / "import.json", report.to_json())
     return dataset, report
 
 
@@ -236,13 +184,13 @@ def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False
     manifest = find_manifest(src)
     root = manifest.parent.resolve()
     problems = Problems(skip_bad)
-    rows = _csv_rows(manifest, problems) if manifest.suffix == ".csv" else _jsonl_rows(manifest, problems)
     kept: list[tuple[str, Record]] = []
     first_at: dict[Path, str] = {}
     group_of: dict[Fact, tuple[str | None, str]] = {}
-    for where, row in rows:
+    for line, row in read_rows(manifest, problems.add):
+        where = f"{manifest}:{line}"
         try:
-            record = _record(row, root, where, allow_outside=True)
+            record = parse_record(row, root, where, allow_outside=True)
         except UserError as exc:
             image = row.get("image")
             missing = isinstance(image, str) and image.strip() and not (root / image).is_file()
@@ -269,31 +217,8 @@ def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False
                 continue
             name = dest_name(r.image, root)
             place_image(r.image, tmp / name, link)
-            out_rows.append(manifest_row(name, r.fact, r.group, r.split))
+            out_rows.append(ManifestRow(name, r.fact, r.group, r.split))
         _, report = finish(tmp, out_rows, problems, Path(out_dir), {"importer": "manifest", "source": str(manifest)})
     logger.info("imported %d images of %d facts from %s", report.images, report.facts, manifest)
     return report
 
-
-def _csv_rows(manifest: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
-    return read_csv(manifest, COLUMNS, ("image", "subject"), problems)
-
-
-def _jsonl_rows(manifest: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
-    for line, raw in enumerate(read_text(manifest).splitlines(), start=1):
-        where = f"{manifest}:{line}"
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.add(MALFORMED, f"{where}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            problems.add(MALFORMED, f"{where}: expected a JSON object")
-            continue
-        unknown = [k for k in row if k not in COLUMNS]
-        if unknown:
-            problems.add(UNKNOWN_COLUMN, f"{where}: unknown key {unknown[0]!r} (expected {', '.join(COLUMNS)})")
-            continue
-        yield where, row

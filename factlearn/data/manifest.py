@@ -1,37 +1,52 @@
-"""The generic manifest: one row per image naming its fact.
+"""The generic manifest: one row per image naming its fact. This module owns the format: it reads
+(:func:`load_dataset`, :func:`read_rows`) and writes (:func:`write_manifest`) it.
 
 Formats: JSON Lines (``manifest.jsonl``) or CSV (``manifest.csv``) with the columns
 ``image, subject, predicate, object, group, split``. ``predicate``, ``object``, ``group`` and
 ``split`` may be empty or absent. Image paths are relative to the manifest's folder and may not
 escape it (unless ``allow_outside=True``). Every problem is a :class:`UserError` naming the file
-and line.
+and line. Written manifests are always JSON Lines with all six keys, null for an empty one.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ..errors import UserError
 from ..facts import Fact, FactTable
+from ..io import atomic_write_text
+from .textfiles import MALFORMED, UNKNOWN_COLUMN, BadRow, read_csv, read_text, refuse
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("image", "subject", "predicate", "object", "group", "split")
-MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")  # looked for in this order; the first is written
 SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
 class Record:
+    """One image of a data set as read: its absolute path, its fact, and its group and split
+    (None where the manifest leaves them empty)."""
+
     image: Path  # absolute path
     fact: Fact
     group: str | None
     split: str | None
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row to write: ``image`` is the path relative to the data directory, with ``/``."""
+
+    image: str
+    fact: Fact
+    group: str | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -43,9 +58,11 @@ class Dataset:
     facts: FactTable
 
     def fact_ids(self, records: list[Record] | None = None) -> list[int]:
+        """The fact id (row of :attr:`facts`) of each record, of all records by default."""
         return self.facts.ids([r.fact for r in (self.records if records is None else records)])
 
     def groups(self) -> dict[Fact, str | None]:
+        """The semantic group of each fact (the manifest's ``group``; None where it is empty)."""
         return {r.fact: r.group for r in self.records}
 
 
@@ -63,15 +80,26 @@ def find_manifest(data_dir: str | Path) -> Path:
 
 
 def load_dataset(data_dir: str | Path, allow_outside: bool = False) -> Dataset:
-    """Read and validate a manifest; images are checked for existence, not decoded."""
+    """Read and validate a manifest; images are checked for existence, not decoded.
+
+    Args:
+        data_dir: a data directory holding ``manifest.jsonl`` or ``manifest.csv``, or the file.
+        allow_outside: accept image paths that leave the manifest's folder.
+
+    Returns:
+        The :class:`Dataset`, records in file order.
+
+    Raises:
+        UserError: naming file and line, for the first problem of the file or of any row.
+    """
     manifest = find_manifest(data_dir)
     root = manifest.parent.resolve()
-    rows = _read_rows(manifest)
+    rows = list(read_rows(manifest))  # every row is well-formed before any value is judged
     records: list[Record] = []
     seen: dict[Path, int] = {}
     for line, row in rows:
         where = f"{manifest}:{line}"
-        records.append(_record(row, root, where, allow_outside))
+        records.append(parse_record(row, root, where, allow_outside))
         image = records[-1].image
         if image in seen:
             raise UserError(f"{where}: duplicate row for image {row['image']!r} (first at line {seen[image]})")
@@ -83,57 +111,58 @@ def load_dataset(data_dir: str | Path, allow_outside: bool = False) -> Dataset:
     return Dataset(root=root, records=records, facts=table)
 
 
-def _read_rows(manifest: Path) -> list[tuple[int, dict]]:
-    try:
-        data = manifest.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {manifest}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{manifest}:{line}: not valid UTF-8") from None
-    rows: list[tuple[int, dict]] = []
+def read_rows(manifest: Path, bad_row: BadRow = refuse) -> Iterator[tuple[int, dict]]:
+    """The rows of a manifest file (``.csv``: CSV, else JSON Lines), checked for form only.
+
+    Args:
+        manifest: the manifest file.
+        bad_row: called as ``bad_row(reason, "file:line: why")`` for a row that is not a JSON
+            object, has an unknown key or the wrong number of cells; the row is then left out.
+            The default raises a UserError.
+
+    Returns:
+        An iterator of ``(line, row)``, ``row`` mapping columns to values (a JSON row's as
+        written; a CSV row's as text, None for an empty cell). :func:`parse_record` judges them.
+
+    Raises:
+        UserError: for a file that cannot be read, is not UTF-8 or has a bad CSV header.
+    """
     if manifest.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold line breaks
-        try:
-            header = reader.fieldnames or []
-        except csv.Error as exc:
-            raise UserError(f"{manifest}:1: not a valid CSV header ({exc})") from None
-        unknown = [c for c in header if c not in COLUMNS]
-        if unknown:
-            raise UserError(f"{manifest}:1: unknown column {unknown[0]!r} (expected {', '.join(COLUMNS)})")
-        for col in ("image", "subject"):
-            if col not in header:
-                raise UserError(f"{manifest}:1: missing column {col!r}")
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return rows
-            except csv.Error as exc:
-                # + 1: the line being read is not counted yet
-                raise UserError(f"{manifest}:{reader.line_num + 1}: malformed CSV ({exc})") from None
-            if None in row:  # more cells than header columns
-                raise UserError(f"{manifest}:{reader.line_num}: more cells than columns")
-            rows.append((reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}))
-    for line, raw in enumerate(text.splitlines(), start=1):
+        yield from read_csv(manifest, COLUMNS, ("image", "subject"), bad_row)
+        return
+    for line, raw in enumerate(read_text(manifest).splitlines(), start=1):
         if not raw.strip():
             continue
+        where = f"{manifest}:{line}"
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{manifest}:{line}: not valid JSON ({exc.msg})") from None
+            bad_row(MALFORMED, f"{where}: not valid JSON ({exc.msg})")
+            continue
         if not isinstance(row, dict):
-            raise UserError(f"{manifest}:{line}: expected a JSON object")
+            bad_row(MALFORMED, f"{where}: expected a JSON object")
+            continue
         unknown = [k for k in row if k not in COLUMNS]
         if unknown:
-            raise UserError(f"{manifest}:{line}: unknown key {unknown[0]!r} (expected {', '.join(COLUMNS)})")
-        rows.append((line, row))
-    return rows
+            bad_row(UNKNOWN_COLUMN, f"{where}: unknown key {unknown[0]!r} (expected {', '.join(COLUMNS)})")
+            continue
+        yield line, row
 
 
-def _record(row: dict, root: Path, where: str, allow_outside: bool) -> Record:
+def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False) -> Record:
+    """One manifest row (from :func:`read_rows`) as a :class:`Record`.
+
+    Args:
+        row: column -> value.
+        root: the resolved folder of the manifest; image paths are relative to it.
+        where: ``file:line``, the start of every error message.
+        allow_outside: accept an image path that leaves ``root``.
+
+    Raises:
+        UserError: for a missing or empty image or subject, a value that is not text, a fact that
+            is not one (an object without a predicate), an unknown split, a path that escapes
+            ``root`` or an image file that does not exist.
+    """
     for key in ("image", "subject"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise UserError(f"{where}: missing or empty {key!r}")
@@ -158,3 +187,29 @@ def _record(row: dict, root: Path, where: str, allow_outside: bool) -> Record:
     if not image.is_file():
         raise UserError(f"{where}: image file not found: {row['image']}")
     return Record(image=image, fact=fact, group=row.get("group") or None, split=split)
+
+
+def write_manifest(data_dir: str | Path, rows: Iterable[ManifestRow]) -> Path:
+    """Write ``data_dir/manifest.jsonl`` atomically (through :mod:`factlearn.io`).
+
+    Args:
+        data_dir: the data directory (created if missing); the images should be in it already,
+            at the rows' paths, for :func:`load_dataset` to accept the result.
+        rows: the rows in file order; each becomes one JSON object with the keys of
+            :data:`COLUMNS` in that order, null for a missing slot, group or split.
+
+    Returns:
+        The path of the manifest written.
+
+    Raises:
+        ValueError: for a split other than None, "train" or "test" (a programming error).
+    """
+    lines = []
+    for row in rows:
+        if row.split is not None and row.split not in SPLITS:
+            raise ValueError(f"split must be None or one of {SPLITS}, got {row.split!r}")
+        values = (row.image, *row.fact.slots, row.group, row.split)
+        lines.append(json.dumps(dict(zip(COLUMNS, values))) + "\n")
+    path = Path(data_dir) / MANIFEST_NAMES[0]
+    atomic_write_text(path, "".join(lines))
+    return path

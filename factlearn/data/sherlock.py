@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
 from ..io import atomic_dir
 from ..facts import Fact
-from .importers import (BAD_FACT, CONFLICT, DUPLICATE, ESCAPES, MALFORMED, MISSING_IMAGE, UNDECODABLE, UNKNOWN_ID,
-                        ImportReport, Problems, check_images, dest_name, finish, manifest_row, place_image, read_csv,
-                        )
+from .importers import (BAD_FACT, CONFLICT, DUPLICATE, ESCAPES, MISSING_IMAGE, UNDECODABLE, UNKNOWN_ID, ImportReport,
+                        Problems, check_images, dest_name, finish, place_image)
+from .manifest import ManifestRow
 from .splits import Task, TaskFile, save_tasks_file
+from .textfiles import MALFORMED, read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def import_sherlock(src: str | Path, out_dir: str | Path, images_root: str | Pat
     decoded = check_images([r.image for r in rows], workers)
     group_layout = next((name for name, kind in sorted(layouts.items()) if kind == "semantic"), None)
     with atomic_dir(out_dir) as tmp:
-        out_rows: dict[Path, dict] = {}
+        out_rows: dict[Path, ManifestRow] = {}  # image -> its row, group still None
         task_facts: dict[str, dict[str, set[Fact]]] = {name: {} for name in layouts}
         group_of: dict[Fact, str] = {}
         for r in rows:
@@ -113,15 +114,14 @@ def import_sherlock(src: str | Path, out_dir: str | Path, images_root: str | Pat
             if r.image not in out_rows:
                 name = dest_name(r.image, root)
                 place_image(r.image, tmp / name, link)
-                out_rows[r.image] = manifest_row(name, r.fact, None, r.split)
+                out_rows[r.image] = ManifestRow(name, r.fact, None, r.split)
             if r.layout is not None:
                 task_facts[r.layout].setdefault(r.task, set()).add(r.fact)
                 if r.layout == group_layout:
                     group_of[r.fact] = f"{r.layout}/{r.task}"
-        for row in out_rows.values():
-            row["group"] = group_of.get(Fact(row["subject"], row["predicate"], row["object"]))
+        rows = [replace(row, group=group_of.get(row.fact)) for row in out_rows.values()]
         tasks_files = [f"tasks/{name}.json" for name in sorted(layouts)]
-        dataset, report = finish(tmp, list(out_rows.values()), problems, Path(out_dir),
+        dataset, report = finish(tmp, rows, problems, Path(out_dir),
                                  {"importer": "sherlock", "source": str(src), "images_root": str(root),
                                   "tasks_files": tasks_files})
         for name in sorted(layouts):
@@ -208,7 +208,8 @@ def _read_fact_files(paths: list[Path], problems: Problems) -> dict[str, tuple[F
     words: dict[str, tuple[Fact, str]] = {}
     for path in paths:
         seen_here: set[str] = set()
-        for where, row in read_csv(path, FACT_COLUMNS, FACT_REQUIRED, problems):
+        for line, row in read_csv(path, FACT_COLUMNS, FACT_REQUIRED, problems.add):
+            where = f"{path}:{line}"
             fid = _fact_id(row["id"])
             if fid is None:
                 problems.add(MALFORMED, f"{where}: empty id")
@@ -237,7 +238,8 @@ def _read_image_rows(sources: list[_Source], root: Path, words: dict[str, tuple[
     parsed: dict[str, tuple[Fact, str]] = {}  # id -> fact read from SPO, when there are no facts files
     task_of: dict[tuple[str | None, Fact], tuple[str | None, str]] = {}  # (layout, fact) -> (task, where)
     for source in sources:
-        for where, row in read_csv(source.csv, IMAGE_COLUMNS, IMAGE_REQUIRED, problems):
+        for line, row in read_csv(source.csv, IMAGE_COLUMNS, IMAGE_REQUIRED, problems.add):
+            where = f"{source.csv}:{line}"
             fact = _row_fact(where, row, words, parsed, problems)
             if fact is None:
                 continue

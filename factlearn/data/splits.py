@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Task:
+    """One task of a sequence: its name (``B1``...) and the ids of the facts it teaches."""
+
     name: str
     facts: list[int]  # fact ids (rows of the FactTable)
 
@@ -73,6 +75,22 @@ def semantic_split(facts: FactTable, groups: dict, k: int, seed: int) -> list[Ta
 
 
 def make_split(dataset: Dataset, kind: str, k: int, seed: int) -> list[Task]:
+    """Cut ``dataset``'s facts into ``k`` disjoint tasks B1..Bk.
+
+    Args:
+        dataset: the data; its fact table gives the ids.
+        kind: "random" (:func:`random_split`) or "semantic" (:func:`semantic_split`: whole
+            groups of the manifest's ``group`` column per task).
+        k: number of tasks.
+        seed: seeds the shuffle.
+
+    Returns:
+        The tasks, each with its fact ids sorted.
+
+    Raises:
+        UserError: if the facts (or, for "semantic", the groups) cannot fill ``k`` tasks, or a
+            fact has no group.
+    """
     if kind == "random":
         return random_split(len(dataset.facts), k, seed)
     return semantic_split(dataset.facts, dataset.groups(), k, seed)
@@ -98,12 +116,18 @@ def image_splits(dataset: Dataset, test_fraction: float, seed: int) -> np.ndarra
 
 
 def save_split(path: Path, tasks: list[Task], info: dict) -> None:
+    """Write a run's split file atomically: ``info`` (kind, seed...) and the tasks by fact id."""
     from ..io import atomic_write_json
 
     atomic_write_json(path, {**info, "tasks": [asdict(t) for t in tasks]})
 
 
 def load_split(path: Path) -> list[Task]:
+    """Read the tasks of a split file written by :func:`save_split`.
+
+    Raises:
+        UserError: for a missing or malformed file, or a task name that cannot be a folder name.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         tasks = [Task(t["name"], [int(f) for f in t["facts"]]) for t in data["tasks"]]
@@ -150,6 +174,7 @@ def adaptation_halves(dataset: Dataset, task: Task, is_test: np.ndarray, seed: i
 
 
 def adaptation_names(task: Task) -> tuple[str, str]:
+    """The names of a task's two adaptation halves: ``B11`` and ``B12`` for ``B1``."""
     return f"{task.name}1", f"{task.name}2"
 
 

@@ -33,9 +33,11 @@ from PIL import Image
 from ..errors import UserError
 from ..io import atomic_dir
 from ..facts import Fact
-from .images import _to_rgb
-from .importers import (BAD_BOX, BAD_FACT, MALFORMED, MISSING_IMAGE, UNDECODABLE, ImportReport, Problems,
-                        check_images, default_workers, finish, manifest_row, read_text)
+from .images import to_rgb
+from .importers import (BAD_BOX, BAD_FACT, MISSING_IMAGE, UNDECODABLE, ImportReport, Problems, check_images,
+                        default_workers, finish)
+from .manifest import ManifestRow
+from .textfiles import MALFORMED, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +288,7 @@ def _cap(kept: list[tuple[_Occurrence, Box]], cap: int, seed: int) -> list[tuple
 
 
 def _crop_all(tmp: Path, kept: list[tuple[_Occurrence, Box]], found: dict[int, Path],
-              workers: int | None) -> list[dict]:
+              workers: int | None) -> list[ManifestRow]:
     """Crop every occurrence (each source image opened once, in threads); returns manifest rows."""
     (tmp / "images").mkdir()
     by_image: dict[int, list[tuple[int, Box]]] = defaultdict(list)
@@ -298,10 +300,10 @@ def _crop_all(tmp: Path, kept: list[tuple[_Occurrence, Box]], found: dict[int, P
 
     def crop(image_id: int) -> None:
         with Image.open(found[image_id]) as img:
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
             for i, box in by_image[image_id]:
                 rgb.crop(box).save(tmp / names[i], quality=JPEG_QUALITY)
 
     with ThreadPoolExecutor(max_workers=default_workers(workers)) as pool:
         list(pool.map(crop, by_image))
-    return [manifest_row(name, occ.fact) for name, (occ, _) in zip(names, kept)]
+    return [ManifestRow(name, occ.fact) for name, (occ, _) in zip(names, kept)]
