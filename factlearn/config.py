@@ -15,9 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import yaml
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Keys that once existed and did nothing: accepted (and dropped, with a warning) so that older
+# config files and run directories still load.
+RETIRED = {
+    "train.num_workers": "images are decoded into memory once; there are no loader workers",
+}
 
 
 @dataclass
@@ -72,6 +82,8 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
+    """Optimisation of each task: epochs, batch, optimizer, learning rate and its schedule, checkpoints."""
+
     epochs: int = 4
     batch_size: int = 64
     lr: float = 1e-3
@@ -79,7 +91,6 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd
     lr_schedule: str = "cosine"  # within each task: constant | cosine (decays to 0 at the task's last step)
     momentum: float = 0.9  # sgd only
-    num_workers: int = 0
     # Steps between mid-task checkpoints (RUN_DIR/partial/), so that `train --resume` continues a
     # killed run close to where it stopped; 0 = checkpoints only at the end of each task. A
     # checkpoint is written at every task end and on Ctrl-C whatever this says.
@@ -106,7 +117,13 @@ class SplitConfig:
 
 @dataclass
 class MethodConfig:
-    """The continual-learning method and its options (only those the method uses matter)."""
+    """The continual-learning method and its options: the flat union of every method's options,
+    which is the ``method:`` section of a config file.
+
+    A method reads only the fields in its ``options`` (``factlearn.continual.METHODS[name].options``),
+    and its class docstring says what each means for it; ``create_method`` checks the section once.
+    The comments below give the defaults' sources.
+    """
 
     name: str = "finetune"
     lam: float = 1.0  # penalty strength lambda (lwf: weight of the distillation term)
@@ -126,15 +143,22 @@ class MethodConfig:
     # the paper used 1e-3 on MNIST/CIFAR, where parameters move further per task.
     xi: float = 0.1
 
+    def check(self) -> None:
+        """Raise the loader's one-line UserError if a value is out of range or not a choice (for a
+        MethodConfig built or changed in code, which never went through :func:`from_dict`)."""
+        _check_values(self, "method")
+
 
 @dataclass
 class EvalConfig:
+    """Evaluation after every task: the candidate protocol shown by default and the embedding batch."""
     protocol: str = "standard"  # standard: candidates = the task's facts; generalized: all seen
     batch_size: int = 256
 
 
 @dataclass
 class Config:
+    """The whole configuration of a run, one section per concern (config.yaml in the run directory)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -143,6 +167,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
+        """Plain nested dicts, as written to config.yaml."""
         return dataclasses.asdict(self)
 
 
@@ -159,7 +184,7 @@ RANGES = {
     "model.text_hidden": "> 0", "model.freeze_stages": ">= 0",
     "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0",
     "train.epochs": "> 0", "train.batch_size": "> 0", "train.lr": "in (0, 10]", "train.weight_decay": ">= 0",
-    "train.momentum": "in [0, 1)", "train.num_workers": ">= 0", "train.checkpoint_every": ">= 0",
+    "train.momentum": "in [0, 1)", "train.checkpoint_every": ">= 0",
     "split.tasks": "> 0", "split.seed": ">= 0", "split.test_fraction": "in [0, 1)",
     "method.lam": ">= 0", "method.alpha": "in [0, 1]", "method.importance_batch_size": "> 0",
     "method.max_importance_samples": "> 0", "method.gamma": "in [0, 1]", "method.xi": "> 0",
@@ -187,10 +212,18 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         raise UserError(f"config {where or 'root'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in [n for n in data if (f"{where}.{n}" if where else n) in RETIRED and n not in names]:
+        key = f"{where}.{name}" if where else name
+        logger.warning("config: %s is no longer used (%s); ignored", key, RETIRED[key])
+        data = {k: v for k, v in data.items() if k != name}
     unknown = sorted(set(data) - names)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise UserError(f"config: unknown key {key!r} (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"config: missing key {'.'.join(filter(None, [where, missing[0]]))!r}")
     values = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -244,23 +277,28 @@ def _check_values(obj: Any, where: str) -> None:
             raise UserError(f"config {key}: {value!r} is out of range (must be {RANGES[key]})")
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file holding a mapping (empty: {}); missing, invalid or not a mapping is a UserError
+    naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
 
     ``overrides`` maps dotted keys (``"method.lam"``) to values; None values are skipped so CLI
     options left unset do not override the file.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path}: expected a mapping at the top level")
+    data: dict = read_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

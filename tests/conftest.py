@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny generated world and a tiny model config (fast on CPU)."""
+"""Shared fixtures: a tiny generated world, a tiny run config and a tiny model config (fast on CPU)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,43 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config() -> Path:
     return TINY_CONFIG
+
+
+# The smallest ResNet the model accepts: two stages of one block, 8 and 16 channels, on 32 px.
+TINY_MODEL = dict(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+                  image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config():
+    """A factory of tiny ModelConfigs: ``tiny_model_config(**overrides)`` (keys of ModelConfig)."""
+    from factlearn.config import ModelConfig
+
+    def make(**overrides) -> ModelConfig:
+        return ModelConfig(**{**TINY_MODEL, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_fact_model(tiny_model_config):
+    """A factory of tiny FactModels whose batch-norm statistics are away from their initial values
+    (so eval mode differs from train mode): ``tiny_fact_model(words, seed=0, **overrides)``.
+
+    Seeds torch with ``seed`` first, so the caller's next random draws are reproducible too. The
+    model is returned in train mode; overrides are ModelConfig keys (default slot_dim 8).
+    """
+    import torch
+
+    from factlearn.model import Vocabulary, create_model
+
+    def make(words, seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        cfg = tiny_model_config(**{"slot_dim": 8, "word_dim": 8, "text_hidden": 16, **overrides})
+        model = create_model(cfg, Vocabulary(words))
+        model.train()
+        size = cfg.image_size
+        model.embed_images(torch.randn(16, 3, size, size) * 2 + 1)
+        return model
+
+    return make

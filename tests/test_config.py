@@ -40,3 +40,14 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("train: {epochs: [\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_retired_key_is_dropped_with_a_warning_and_old_runs_still_load(caplog):
+    from factlearn.config import Config, from_dict
+
+    with caplog.at_level("WARNING", logger="factlearn.config"):
+        cfg = from_dict(Config, {"train": {"num_workers": 4, "epochs": 2}})
+    assert cfg.train.epochs == 2 and not hasattr(cfg.train, "num_workers")
+    assert "train.num_workers is no longer used" in caplog.text
+    with pytest.raises(UserError, match="unknown key 'train.num_worker'"):
+        from_dict(Config, {"train": {"num_worker": 4}})

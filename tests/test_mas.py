@@ -1,35 +1,35 @@
-"""MAS against independent slow references."""
+"""MAS (factlearn.continual.mas) against independent slow references. The per-sample engine it
+uses is tested on its own in test_per_sample.py; eval mode in test_methods.py (all importances)."""
 
 import pytest
 import torch
 
-from factlearn.config import MethodConfig, ModelConfig
+from factlearn.config import MethodConfig
 from factlearn.continual import create_method
 from factlearn.continual.base import TaskData, trainable
 from factlearn.continual.mas import mas_importance
 from factlearn.facts import Fact
-from factlearn.model import Vocabulary, create_model
 
 FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
 
 
-def setup(n: int = 11, seed: int = 0, **model_kw):
-    torch.manual_seed(seed)
-    vocab = Vocabulary(["star", "red", "circle", "left", "of", "dark", "blue"])
-    cfg = ModelConfig(**{**dict(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                                image_size=32, slot_dim=8, word_dim=8, text_hidden=16), **model_kw})
-    model = create_model(cfg, vocab)
-    # put batch-norm in a non-trivial state so eval mode differs from train mode
-    model.train()
-    model.embed_images(torch.randn(16, 3, 32, 32) * 2 + 1)
-    x = torch.randn(n, 3, 32, 32)
-    tokens, mask = vocab.encode([FACTS[i % len(FACTS)] for i in range(n)])
+@pytest.fixture
+def setup(tiny_fact_model):
+    """``setup(n=11, seed=0, **model_kw)``: a tiny FactModel with non-trivial batch-norm statistics
+    and an unlabeled task of n samples."""
 
-    def batches(bs):
-        for s in range(0, n, bs):
-            yield x[s : s + bs], tokens[s : s + bs], mask[s : s + bs]
+    def make(n: int = 11, seed: int = 0, **model_kw):
+        model = tiny_fact_model(["star", "red", "circle", "left", "of", "dark", "blue"], seed, **model_kw)
+        x = torch.randn(n, 3, 32, 32)
+        tokens, mask = model.vocab.encode([FACTS[i % len(FACTS)] for i in range(n)])
 
-    return model, TaskData("t", n, batches), (x, tokens, mask)
+        def batches(bs):
+            for s in range(0, n, bs):
+                yield x[s : s + bs], tokens[s : s + bs], mask[s : s + bs]
+
+        return model, TaskData("t", n, batches), (x, tokens, mask)
+
+    return make
 
 
 def reference_importance(model, data):
@@ -50,7 +50,7 @@ def reference_importance(model, data):
 
 
 @pytest.mark.parametrize("batch_size", [4, 11, 32])  # short last batch, exact fit, one batch
-def test_exact_importance_equals_per_sample_reference(batch_size):
+def test_exact_importance_equals_per_sample_reference(batch_size, setup):
     model, task, data = setup()
     fast = mas_importance(model, task, batch_size=batch_size)
     ref = reference_importance(model, data)
@@ -61,14 +61,15 @@ def test_exact_importance_equals_per_sample_reference(batch_size):
     assert any(v.sum() > 0 for v in fast.values())
 
 
-def test_importance_restores_train_mode_and_uses_eval_mode():
-    model, task, data = setup()
-    model.train()
-    mas_importance(model, task, batch_size=4)
-    assert model.training
+def test_one_tower_only(setup):
+    model, task, _ = setup(n=5)
+    both = mas_importance(model, task, batch_size=4)
+    image = mas_importance(model, task, batch_size=4, towers=("image_tower",))
+    assert set(image) == {n for n in both if n.startswith("image_tower.")}
+    assert all(torch.equal(image[n], both[n]) for n in image)
 
 
-def test_batch_approximation_is_a_lower_bound():
+def test_batch_approximation_is_a_lower_bound(setup):
     model, task, _ = setup()
     exact = mas_importance(model, task, batch_size=4)
     approx = mas_importance(model, task, batch_size=4, exact=False)
@@ -76,7 +77,7 @@ def test_batch_approximation_is_a_lower_bound():
     assert any((approx[n] < exact[n] - 1e-6).any() for n in exact)
 
 
-def test_penalty_gradient_is_2_lambda_omega_delta():
+def test_penalty_gradient_is_2_lambda_omega_delta(setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name="mas", lam=3.0))
     method.after_task(model, task)
@@ -91,7 +92,7 @@ def test_penalty_gradient_is_2_lambda_omega_delta():
         assert torch.allclose(p.grad, expected, atol=1e-7, rtol=1e-5), n
 
 
-def test_penalty_value_is_lambda_sum_omega_delta_squared():
+def test_penalty_value_is_lambda_sum_omega_delta_squared(setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name="mas", lam=3.0))
     method.after_task(model, task)
@@ -103,7 +104,7 @@ def test_penalty_value_is_lambda_sum_omega_delta_squared():
     assert torch.allclose(method.penalty(model).double(), expected, rtol=1e-5, atol=0)
 
 
-def test_zero_importance_parameter_moves_as_in_finetuning():
+def test_zero_importance_parameter_moves_as_in_finetuning(setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name="mas", lam=100.0))
     method.after_task(model, task)
@@ -117,7 +118,7 @@ def test_zero_importance_parameter_moves_as_in_finetuning():
     assert torch.all(p.grad == 0)
 
 
-def test_accumulation_sum_and_blend_and_state_round_trip():
+def test_accumulation_sum_and_blend_and_state_round_trip(setup):
     model, task, _ = setup()
     for mode, expect in (("sum", 2.0), ("blend", 1.0)):
         method = create_method(MethodConfig(name="mas", accumulate=mode, alpha=0.25))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 
@@ -11,53 +13,54 @@ from click.testing import CliRunner
 from torch import nn
 
 from factlearn.cli import METHOD_NAMES, main
-from factlearn.config import LossConfig, MethodConfig, ModelConfig, load_config
+from factlearn.config import LossConfig, MethodConfig, load_config
 from factlearn.continual import METHODS, StepBatch, create_method
 from factlearn.continual.base import TaskData, trainable
 from factlearn.continual.ewc import fisher_diagonal
 from factlearn.continual.lmas import lmas_importance
+from factlearn.continual.mas import mas_importance
 from factlearn.errors import UserError
 from factlearn.facts import Fact
 from factlearn.losses import fact_loss
-from factlearn.model import Vocabulary, create_model
 
 FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
 
 
-def setup(n: int = 9, seed: int = 0):
-    """A tiny FactModel and a labeled task of n images over FACTS (targets i % 4)."""
-    torch.manual_seed(seed)
-    vocab = Vocabulary(["star", "red", "circle", "left", "of", "dark", "blue"])
-    cfg = ModelConfig(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                      image_size=32, slot_dim=8, word_dim=8, text_hidden=16)
-    model = create_model(cfg, vocab)
-    model.train()
-    model.embed_images(torch.randn(16, 3, 32, 32) * 2 + 1)  # batch-norm statistics away from their init
-    x = torch.randn(n, 3, 32, 32)
-    targets = torch.arange(n) % len(FACTS)
-    fact_tokens, fact_mask = vocab.encode(FACTS)  # (4, 3, L), (4, 3)
-    exclude = torch.zeros(len(FACTS), len(FACTS), dtype=torch.bool)
-    exclude[1, 0] = exclude[0, 1] = True  # <star> is also true of a <star, red> image
-    loss_cfg = LossConfig()
+@pytest.fixture
+def setup(tiny_fact_model):
+    """``setup(n=9, seed=0)``: a tiny FactModel and a labeled task of n images over FACTS (targets i % 4)."""
 
-    def batches(bs):
-        for s in range(0, n, bs):
-            t = targets[s : s + bs]
-            yield x[s : s + bs], fact_tokens[t], fact_mask[t]
+    def make(n: int = 9, seed: int = 0):
+        model = tiny_fact_model(["star", "red", "circle", "left", "of", "dark", "blue"], seed)
+        vocab = model.vocab
+        x = torch.randn(n, 3, 32, 32)
+        targets = torch.arange(n) % len(FACTS)
+        fact_tokens, fact_mask = vocab.encode(FACTS)  # (4, 3, L), (4, 3)
+        exclude = torch.zeros(len(FACTS), len(FACTS), dtype=torch.bool)
+        exclude[1, 0] = exclude[0, 1] = True  # <star> is also true of a <star, red> image
+        loss_cfg = LossConfig()
 
-    def labeled(bs):
-        for s in range(0, n, bs):
-            t = targets[s : s + bs]
-            yield x[s : s + bs], t, exclude[t]
+        def batches(bs):
+            for s in range(0, n, bs):
+                t = targets[s : s + bs]
+                yield x[s : s + bs], fact_tokens[t], fact_mask[t]
 
-    def loss(img, fact, t, exc):
-        return fact_loss(img, fact, fact_mask, t, exc, loss_cfg)
+        def labeled(bs):
+            for s in range(0, n, bs):
+                t = targets[s : s + bs]
+                yield x[s : s + bs], t, exclude[t]
 
-    task = TaskData("t", n, batches, labeled, (fact_tokens, fact_mask), loss)
-    return model, task, (x, targets, exclude, fact_tokens, fact_mask, loss)
+        def loss(img, fact, t, exc):
+            return fact_loss(img, fact, fact_mask, t, exc, loss_cfg)
+
+        task = TaskData("t", n, batches, labeled, (fact_tokens, fact_mask), loss)
+        return model, task, (x, targets, exclude, fact_tokens, fact_mask, loss)
+
+    return make
 
 
 def perturb(model, scale=0.01):
+    """Move every parameter a little, as training would."""
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * scale)
@@ -85,7 +88,7 @@ def train_steps(model, method, task, data, steps=2, lr=1e-2):
 
 # --- quadratic penalties -----------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["l2", "ewc", "online_ewc", "lmas"])
-def test_penalty_gradient_is_2_lambda_omega_delta(name):
+def test_penalty_gradient_is_2_lambda_omega_delta(name, setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name=name, lam=3.0, importance_batch_size=4))
     method.after_task(model, task)
@@ -99,7 +102,7 @@ def test_penalty_gradient_is_2_lambda_omega_delta(name):
         assert torch.allclose(p.grad, expected, atol=1e-7, rtol=1e-5), n
 
 
-def test_l2_importance_is_one_and_stays_one():
+def test_l2_importance_is_one_and_stays_one(setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name="l2"))
     method.after_task(model, task)
@@ -124,7 +127,7 @@ def reference_fisher(model, data):
 
 
 @pytest.mark.parametrize("batch_size", [4, 9])  # short last batch, exact fit
-def test_fisher_equals_per_sample_reference(batch_size):
+def test_fisher_equals_per_sample_reference(batch_size, setup):
     model, task, data = setup()
     fast = fisher_diagonal(model, task, batch_size)
     ref = reference_fisher(model, data)
@@ -135,7 +138,7 @@ def test_fisher_equals_per_sample_reference(batch_size):
     assert any(v.sum() > 0 for v in fast.values())
 
 
-def test_online_ewc_decays_the_running_fisher():
+def test_online_ewc_decays_the_running_fisher(setup):
     model, task, _ = setup()
     method = create_method(MethodConfig(name="online_ewc", gamma=0.25, importance_batch_size=9))
     method.after_task(model, task)
@@ -143,12 +146,33 @@ def test_online_ewc_decays_the_running_fisher():
     method.after_task(model, task)  # same model and data: same Fisher again
     for n, v in method._get("omega").items():
         assert torch.allclose(v, 1.25 * first[n], rtol=1e-5, atol=1e-12)
-    with pytest.raises(UserError, match="method.gamma"):
-        create_method(MethodConfig(name="online_ewc", gamma=1.5))
+
+
+IMPORTANCE = {"mas": mas_importance, "lmas": lmas_importance, "ewc": fisher_diagonal}
+
+
+@pytest.mark.parametrize("name", sorted(IMPORTANCE))
+def test_importance_uses_eval_mode_and_restores_train_mode(name, setup):
+    """Computed in train mode, batch norm would normalise with batch statistics (another value) and
+    update its running statistics: either assertion below would fail."""
+    model, task, (x, *_rest) = setup()
+    probe = copy.deepcopy(model)
+    with torch.no_grad():  # the two modes do differ on this model
+        assert not torch.allclose(probe.train().embed_images(x[:4]), probe.eval().embed_images(x[:4]))
+    importance = IMPORTANCE[name]
+    expected = importance(model.eval(), task, 4)
+    model.train()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    got = importance(model, task, 4)
+    assert model.training
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers()), "running statistics changed"
+    assert set(got) == set(expected) and all(torch.equal(got[n], expected[n]) for n in expected), "not eval mode"
 
 
 # --- SI ------------------------------------------------------------------------------------------
 class Scalar(nn.Module):
+    """One parameter ``w``: small enough to follow SI by hand."""
+
     def __init__(self, value: float):
         super().__init__()
         self.w = nn.Parameter(torch.tensor([value]))
@@ -195,6 +219,7 @@ def test_si_importance_on_a_hand_computed_two_step_example():
 
 # --- l-MAS ---------------------------------------------------------------------------------------
 def layer_io(model, module, run):
+    """The inputs and outputs of ``module`` while ``run()`` evaluates ``model`` in eval mode."""
     seen = []
     handle = module.register_forward_hook(lambda m, a, out: seen.append((a[0].detach(), out.detach())))
     model.eval()
@@ -205,7 +230,7 @@ def layer_io(model, module, run):
 
 
 @pytest.mark.parametrize("layer", ["image_tower.p_head", "image_tower.s_branch.0", "language_tower.slots.1.2"])
-def test_lmas_linear_layer_is_hebbian(layer):
+def test_lmas_linear_layer_is_hebbian(layer, setup):
     model, task, (x, targets, _, fact_tokens, fact_mask, _) = setup()
     omega = lmas_importance(model, task, batch_size=4)
     module = dict(model.named_modules())[layer]
@@ -219,7 +244,7 @@ def test_lmas_linear_layer_is_hebbian(layer):
     assert torch.allclose(omega[f"{layer}.bias"], y.abs().mean(0), rtol=1e-5, atol=1e-7)
 
 
-def test_lmas_conv_layer_is_the_local_per_sample_gradient():
+def test_lmas_conv_layer_is_the_local_per_sample_gradient(setup):
     model, task, (x, *_rest) = setup()
     omega = lmas_importance(model, task, batch_size=4, towers=("image_tower",))
     assert all(n.startswith("image_tower.") for n in omega)
@@ -236,7 +261,7 @@ def test_lmas_conv_layer_is_the_local_per_sample_gradient():
 
 
 # --- LwF -----------------------------------------------------------------------------------------
-def test_lwf_penalty_is_zero_after_the_task_and_grows_when_parameters_move():
+def test_lwf_penalty_is_zero_after_the_task_and_grows_when_parameters_move(setup):
     model, task, (x, _, _, fact_tokens, fact_mask, _) = setup()
     method = create_method(MethodConfig(name="lwf", lam=2.0))
     batch = StepBatch(x[:4], fact_tokens, fact_mask)
@@ -254,13 +279,32 @@ def test_lwf_penalty_is_zero_after_the_task_and_grows_when_parameters_move():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+# --- options ---------------------------------------------------------------------------------
+def test_every_option_belongs_to_a_method_and_is_documented_there():
+    fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
+    assert set().union(*(m.options for m in METHODS.values())) == fields
+    for name, cls in METHODS.items():
+        assert set(cls.options) <= fields, name
+        assert all(option in cls.__doc__ for option in cls.options), name
+
+
+@pytest.mark.parametrize("name, option, value", [
+    ("online_ewc", "gamma", 1.5), ("si", "xi", 0.0), ("mas", "importance", "fast"), ("ewc", "alpha", 2.0),
+    ("ewc", "importance_data", "images"), ("l2", "importance_data", "images"),
+])
+def test_create_method_checks_the_config_in_one_line_naming_the_option(name, option, value):
+    with pytest.raises(UserError, match=f"method.{option}") as err:
+        create_method(MethodConfig(name=name, **{option: value}))
+    assert "\n" not in str(err.value)
+
+
 # --- every method --------------------------------------------------------------------------------
 def test_method_names_match_the_cli():
     assert set(METHODS) == set(METHOD_NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_state_dict_round_trip_is_exact(name):
+def test_state_dict_round_trip_is_exact(name, setup):
     model, task, data = setup(n=8)
     method = create_method(MethodConfig(name=name, importance_batch_size=4))
     train_steps(model, method, task, data)
@@ -282,11 +326,13 @@ def test_state_dict_round_trip_is_exact(name):
 # --- end to end ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Run directories trained in this module, by method and options (each trained once)."""
     return {"root": tmp_path_factory.mktemp("methods")}
 
 
 def train_run(runs, tiny_world, tiny_config, name, **method_kw):
-    from factlearn.train import train
+    """A run of method ``name`` on the tiny world, trained once per module and reused."""
+    from factlearn.training import train
 
     key = name + "".join(f"-{k}" for k in method_kw)
     if key not in runs:
@@ -315,7 +361,7 @@ def test_train_with_importance_data(runs, tiny_world, tiny_config, name, source)
 
 
 def test_importance_data_errors(tmp_path, tiny_world, tiny_config):
-    from factlearn.train import train
+    from factlearn.training import train
 
     cfg = load_config(tiny_config, {"method.name": "ewc", "method.importance_data": str(tiny_world)})
     with pytest.raises(UserError, match="importance_data"):
@@ -326,6 +372,7 @@ def test_importance_data_errors(tmp_path, tiny_world, tiny_config):
 
 
 def invoke(*args):
+    """Run the CLI in-process."""
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 

@@ -1,4 +1,9 @@
-"""Continual-learning methods, one module each, behind :class:`factlearn.continual.base.Method`."""
+"""Continual-learning methods, one module each, behind :class:`factlearn.continual.base.Method`.
+
+Shared by them: ``base`` (the hooks, the quadratic penalty, the eval-mode importance loop
+:func:`~factlearn.continual.base.mean_over_samples`), ``per_sample`` (the exact per-sample
+|gradient| engine of MAS) and ``unlabeled`` (label-free importance data of MAS and l-MAS).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from .lmas import LMAS
 from .lwf import LwF
 from .mas import MAS
 from .si import SI
-from .unlabeled import DataImportance
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (Method, MAS, LMAS, L2, EWC, OnlineEWC, SI, LwF, Joint)
@@ -20,12 +24,13 @@ METHODS: dict[str, type[Method]] = {
 
 
 def create_method(cfg: MethodConfig) -> Method:
+    """The one way methods get built: ``cfg.name`` looked up in :data:`METHODS`, ``cfg`` checked
+    for that method (:meth:`Method.check_config`, a one-line UserError naming the option)."""
     try:
         cls = METHODS[cfg.name]
     except KeyError:
         raise UserError(f"unknown method {cfg.name!r} (choose from {', '.join(sorted(METHODS))})") from None
-    if cfg.importance_data is not None and not issubclass(cls, DataImportance):
-        raise UserError(f"method.importance_data is for label-free importance (mas, lmas), not {cfg.name!r}")
+    cls.check_config(cfg)
     return cls(cfg)
 
 

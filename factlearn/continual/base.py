@@ -15,18 +15,27 @@ Its state is a flat dict of tensors keyed ``"<kind>.<parameter name>"`` (names f
 ``model.named_parameters()``), saved with every checkpoint as safetensors and restored on resume.
 A method whose ``rehearses_all`` is True (joint training) is trained on the union of the tasks
 seen so far instead of the current task alone.
+
+The options a method reads from the config's ``method:`` section are listed in its ``options``
+and explained in its docstring; :func:`factlearn.continual.create_method` checks them once
+(:meth:`Method.check_config`). Importance-based methods share one eval-mode loop over a task's
+samples, :func:`mean_over_samples`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..config import MethodConfig
 from ..distributed import SINGLE, Context
+from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +70,50 @@ class TaskData:
         return {n: t / count for n, t in sums.items()}
 
 
+def mean_over_samples(
+    model: nn.Module, task: TaskData, per_batch: Callable[..., Iterable[tuple[str, torch.Tensor]]],
+    like: dict[str, torch.Tensor], batch_size: int, labeled: bool = False, what: str = "importance",
+) -> dict[str, torch.Tensor]:
+    """The mean over ``task``'s samples of a per-sample quantity, in eval mode: the one importance
+    loop of MAS, l-MAS and EWC.
+
+    Eval mode because importance describes the function the model computes at test time: dropout
+    off, batch norm with its running statistics (left untouched). The model's mode is restored
+    afterwards, also on an error.
+
+    Args:
+        model: the model ``per_batch`` computes with.
+        task: the samples, iterated once in fixed order: ``task.batches(batch_size)``, or
+            ``task.labeled(batch_size)`` when ``labeled``.
+        per_batch: called with each batch's tensors; yields (name, sum over the batch's samples)
+            pairs, added in the order given (a name may come several times).
+        like: name -> a tensor shaped like the result (the sums start from zeros like it).
+        batch_size: samples per batch.
+        what: what is computed, for the error on a task without samples.
+    Returns:
+        name -> sum over all samples / number of samples (over every rank's shard under
+        torch.distributed, :meth:`TaskData.mean`); a short last batch weighs by its samples.
+    """
+    total = {n: torch.zeros_like(p) for n, p in like.items()}
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        for batch in (task.labeled if labeled else task.batches)(batch_size):
+            count += batch[0].shape[0]
+            for name, s in per_batch(*batch):
+                total[name] += s
+    finally:
+        model.train(was_training)
+    return task.mean(total, count, what)
+
+
+def log_importance(kind: str, where: str, omega: dict[str, torch.Tensor]) -> None:
+    """One INFO line on new importance: the mean of the per-parameter means, and the largest value."""
+    logger.info("%s on %s: mean %.3g, max %.3g", kind, where,
+                torch.stack([o.mean() for o in omega.values()]).mean(), max(o.max() for o in omega.values()))
+
+
 @dataclass
 class StepBatch:
     """What the ``penalty`` hook sees of one training step.
@@ -79,10 +132,26 @@ class StepBatch:
 
 
 class Method:
-    """Finetuning: no protection. The base of every other method."""
+    """Finetuning: no protection, no options. The base of every other method."""
 
     name = "finetune"
     rehearses_all = False  # True: train on every task seen so far (joint training)
+    # The MethodConfig fields this method reads (the others are ignored); each subclass explains
+    # them in its docstring. MethodConfig itself is the flat union that config files fill.
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def check_config(cls, cfg: MethodConfig) -> None:
+        """Raise a one-line UserError naming the option if ``cfg`` cannot configure this method.
+
+        Values are checked against the config's ranges and choices again (a MethodConfig built or
+        changed in code never went through the YAML loader), and ``importance_data`` is refused by
+        a method whose importance needs labels: silently ignoring it would train another experiment
+        than the one asked for.
+        """
+        cfg.check()
+        if cfg.importance_data is not None and "importance_data" not in cls.options:
+            raise UserError(f"method.importance_data is for label-free importance (mas, lmas), not {cfg.name!r}")
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -108,11 +177,13 @@ class Method:
 
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The state to checkpoint (on CPU), with ``meta.tasks_seen``."""
         out = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
         out["meta.tasks_seen"] = torch.tensor(self.tasks_seen)
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Restore what :meth:`state_dict` returned, onto ``device``."""
         state = dict(state)
         self.tasks_seen = int(state.pop("meta.tasks_seen", torch.tensor(0)))
         self.state = {k: v.to(device) for k, v in state.items()}
@@ -128,6 +199,7 @@ class Method:
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the methods keep state for: frozen ones (requires_grad=False) cannot drift."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -167,12 +239,19 @@ class QuadraticPenalty(Method):
 
     State: ``omega.<name>`` (importance) and ``anchor.<name>`` (theta*, parameters at the end of
     the previous task) — two copies of the parameters, however many tasks have passed.
+
+    Options: ``lam`` (lambda); ``accumulate`` (``sum`` or ``blend``) and ``alpha`` (the blend
+    factor), how a task's importance joins the old one (:meth:`combine`).
     """
 
+    options = ("lam", "accumulate", "alpha")
+
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """Omega of the trainable parameters after ``task`` (name -> tensor shaped like it)."""
         raise NotImplementedError
 
     def after_task(self, model: nn.Module, task: TaskData) -> None:
+        """Add the task's importance and move the anchor to the current parameters."""
         self.accumulate(self.importance(model, task))
         self._set("anchor", {n: p.detach().clone() for n, p in trainable(model).items()})
         super().after_task(model, task)
@@ -189,6 +268,7 @@ class QuadraticPenalty(Method):
         return old + new  # sum, as the MAS authors' code does
 
     def penalty(self, model: nn.Module, batch: StepBatch | None = None) -> torch.Tensor | None:
+        """``lam * sum_k omega_k (theta_k - anchor_k)^2``; None before the first task ends."""
         omega, anchor = self._get("omega"), self._get("anchor")
         if not omega:
             return None

@@ -17,16 +17,11 @@ Across tasks, memory stays at one Fisher and one anchor (the parameters after th
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..errors import UserError
-from .base import QuadraticPenalty, TaskData, trainable
-
-logger = logging.getLogger(__name__)
+from .base import QuadraticPenalty, TaskData, log_importance, mean_over_samples, trainable
 
 
 def fisher_diagonal(model: nn.Module, task: TaskData, batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -52,43 +47,49 @@ def fisher_diagonal(model: nn.Module, task: TaskData, batch_size: int = 64) -> d
         return task.loss(img, fact, target.unsqueeze(0), exclude.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    was_training = model.training
-    model.eval()  # deterministic function: batch-norm running statistics
-    n_samples = 0
-    try:
-        for pixels, targets, exclude in task.labeled(batch_size):
-            n_samples += pixels.shape[0]
-            grads = per_sample(local, pixels, targets, exclude)  # tower -> name -> (B, *shape)
-            for t, named in grads.items():
-                for n, g in named.items():
-                    total[f"{t}.{n}"] += g.pow(2).sum(0)
-    finally:
-        model.train(was_training)
-    return task.mean(total, n_samples, "the Fisher")  # over every rank's shard under torch.distributed
+
+    def per_batch(pixels: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor):
+        grads = per_sample(local, pixels, targets, exclude)  # tower -> name -> (B, *shape)
+        for t, named in grads.items():
+            for n, g in named.items():
+                yield f"{t}.{n}", g.pow(2).sum(0)  # squared per sample (EWC Eq. 3), summed over the batch
+
+    return mean_over_samples(model, task, per_batch, params, batch_size, labeled=True, what="the Fisher")
 
 
 class EWC(QuadraticPenalty):
-    """EWC with the Fishers of all tasks summed and one anchor (see the module docstring)."""
+    """EWC with the Fishers of all tasks accumulated and one anchor (see the module docstring).
+
+    Options (``method.*``):
+        lam: penalty strength lambda (EWC Eq. 3, its 1/2 folded in).
+        accumulate, alpha: Fishers across tasks, ``sum`` (Huszár's form) or ``blend``
+            (``alpha * old + (1 - alpha) * new``).
+        importance_batch_size: samples per vmap call of the Fisher.
+        max_importance_samples: a seeded subset of the task's samples (None = all).
+    """
 
     name = "ewc"
+    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples")
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """The task's empirical Fisher diagonal (EWC Eq. 3)."""
         fisher = fisher_diagonal(model, task, self.cfg.importance_batch_size)
-        logger.info("%s Fisher on %s: mean %.3g, max %.3g", self.name, task.name,
-                    torch.stack([f.mean() for f in fisher.values()]).mean(), max(f.max() for f in fisher.values()))
+        log_importance(f"{self.name} Fisher", task.name, fisher)
         return fisher
 
 
 class OnlineEWC(EWC):
-    """Online EWC: the running Fisher decays by ``gamma`` before each task's Fisher is added."""
+    """Online EWC (Schwarz et al. 2018): the running Fisher decays by ``gamma`` before each task's
+    Fisher is added.
+
+    Options (``method.*``): ``lam``, ``importance_batch_size`` and ``max_importance_samples`` as
+    :class:`EWC`; ``gamma`` in [0, 1], the decay (1.0 = :class:`EWC` with ``accumulate: sum``),
+    which replaces ``accumulate`` and ``alpha``.
+    """
 
     name = "online_ewc"
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if not 0.0 <= cfg.gamma <= 1.0:
-            raise UserError(f"config method.gamma: {cfg.gamma} is not in [0, 1]")
+    options = ("lam", "gamma", "importance_batch_size", "max_importance_samples")
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``F <- gamma * F + F_task``."""
         return self.cfg.gamma * old + new

@@ -12,5 +12,7 @@ from .base import Method
 
 
 class Joint(Method):
+    """Joint training on every task seen so far: the upper bound. No options."""
+
     name = "joint"
     rehearses_all = True

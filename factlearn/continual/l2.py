@@ -13,10 +13,19 @@ from .base import QuadraticPenalty, TaskData, trainable
 
 
 class L2(QuadraticPenalty):
+    """Omega = 1 for every parameter, after every task.
+
+    Options (``method.*``): ``lam``, the penalty strength. ``accumulate`` and ``alpha`` do not
+    apply: the importance stays 1.
+    """
+
     name = "l2"
+    options = ("lam",)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """Ones shaped like every trainable parameter."""
         return {n: torch.ones_like(p) for n, p in trainable(model).items()}
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """The new ones: Omega stays 1."""
         return new  # stays 1: summing would make the anchor stiffer with every task

@@ -18,16 +18,12 @@ per-sample gradients are exact (torch.func vmap over each layer).
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .base import TaskData, trainable
-from .unlabeled import TOWERS, DataImportance
-
-logger = logging.getLogger(__name__)
+from .base import TaskData, log_importance, mean_over_samples, trainable
+from .unlabeled import IMAGE_TOWER, LANGUAGE_TOWER, TOWERS, DataImportance
 
 
 def _layer_importance(module: nn.Module, params: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
@@ -57,9 +53,10 @@ def lmas_importance(
     Returns:
         name -> importance shaped like the parameter (every trainable parameter of ``towers``).
     """
-    params = trainable(model)
-    wanted = {n: p for n, p in params.items() if n.split(".", 1)[0] in towers}
-    total = {n: torch.zeros_like(p) for n, p in wanted.items()}
+    wanted = {n: p for n, p in trainable(model).items() if n.split(".", 1)[0] in towers}
+    # The hooks compute each layer call's sum during the forward; they are handed over per batch
+    # (one parameter-sized tensor per layer call) and added in call order.
+    found: list[tuple[str, torch.Tensor]] = []
     busy = False  # the hooks' own forward passes must not trigger hooks again
 
     def make_hook(prefix: str, own: dict[str, nn.Parameter]):
@@ -73,10 +70,19 @@ def lmas_importance(
                     grads = _layer_importance(module, {n: p.detach() for n, p in own.items()}, args, kwargs)
             finally:
                 busy = False
-            for n, g in grads.items():
-                total[prefix + n] += g
+            found.extend((prefix + n, g) for n, g in grads.items())
 
         return hook
+
+    def per_batch(pixels: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        with torch.no_grad():
+            if IMAGE_TOWER in towers:
+                model.embed_images(pixels)
+            if LANGUAGE_TOWER in towers:
+                model.embed_facts(tokens, mask)
+        taken = found.copy()
+        found.clear()
+        return taken
 
     handles = []
     for name, module in model.named_modules():
@@ -84,31 +90,30 @@ def lmas_importance(
         own = {n: p for n, p in module.named_parameters(recurse=False) if prefix + n in wanted}
         if own:
             handles.append(module.register_forward_hook(make_hook(prefix, own), with_kwargs=True))
-    was_training = model.training
-    model.eval()  # deterministic function: batch-norm running statistics
-    n_samples = 0
     try:
-        with torch.no_grad():
-            for pixels, tokens, mask in task.batches(batch_size):
-                n_samples += pixels.shape[0]
-                if "image_tower" in towers:
-                    model.embed_images(pixels)
-                if "language_tower" in towers:
-                    model.embed_facts(tokens, mask)
+        return mean_over_samples(model, task, per_batch, wanted, batch_size)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
-    return task.mean(total, n_samples)  # over every rank's shard under torch.distributed
 
 
 class LMAS(DataImportance):
-    """Local (Hebbian) MAS: the quadratic penalty with l-MAS importance, summed across tasks."""
+    """Local (Hebbian) MAS: the quadratic penalty with l-MAS importance, accumulated across tasks.
+
+    Options (``method.*``):
+        lam: penalty strength lambda (MAS Eq. 3).
+        accumulate, alpha: importance across tasks, ``sum`` or ``blend``
+            (``alpha * old + (1 - alpha) * new``).
+        importance_batch_size: samples per forward pass.
+        max_importance_samples: a seeded subset of the task's samples (None = all).
+        importance_data: unlabeled images for the image tower's importance (MAS Sec. 5).
+    """
 
     name = "lmas"
+    options = DataImportance.options
 
     def tower_importance(self, model: nn.Module, data: TaskData, towers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """:func:`lmas_importance` of ``towers`` over ``data``."""
         omega = lmas_importance(model, data, self.cfg.importance_batch_size, towers)
-        logger.info("l-MAS importance (%s) on %s: mean %.3g, max %.3g", ", ".join(towers), data.name,
-                    torch.stack([o.mean() for o in omega.values()]).mean(), max(o.max() for o in omega.values()))
+        log_importance(f"l-MAS importance ({', '.join(towers)})", data.name, omega)
         return omega

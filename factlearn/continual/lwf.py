@@ -23,23 +23,32 @@ import copy
 import torch
 from torch import nn
 
+from ..config import MethodConfig
 from ..model.two_tower import normalize_slots
 from .base import Method, StepBatch, TaskData
 
 
 class LwF(Method):
-    name = "lwf"
+    """LwF: distil the previous model's embeddings of the current data (LwF Eq. 2).
 
-    def __init__(self, cfg):
+    Options (``method.*``): ``lam``, the weight of the distillation term.
+    """
+
+    name = "lwf"
+    options = ("lam",)
+
+    def __init__(self, cfg: MethodConfig):
         super().__init__(cfg)
         self._old: nn.Module | None = None  # rebuilt from the state when first needed
 
     def after_task(self, model: nn.Module, task: TaskData) -> None:
+        """Keep a copy of the model's state: the teacher of the next task."""
         self._set("old", {n: t.detach().clone() for n, t in model.state_dict().items()})
         self._old = None
         super().after_task(model, task)
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Restore the old model's state (the frozen copy is rebuilt when next needed)."""
         super().load_state_dict(state, device)
         self._old = None
 
@@ -57,6 +66,7 @@ class LwF(Method):
         return self._old
 
     def penalty(self, model: nn.Module, batch: StepBatch | None = None) -> torch.Tensor | None:
+        """``lam`` times the squared distance of the slot-normalised embeddings to the old model's."""
         old = self.old_model(model)
         if old is None:
             return None

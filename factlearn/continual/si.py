@@ -22,32 +22,41 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..config import MethodConfig
 from .base import QuadraticPenalty, TaskData, trainable
 
 
 class SI(QuadraticPenalty):
-    """State: ``omega``/``anchor`` as every quadratic penalty. During a task also the running path
+    """Synaptic Intelligence: importance from the path integral of the task loss (SI Eq. 3, 5).
+
+    State: ``omega``/``anchor`` as every quadratic penalty. During a task also the running path
     integral (``si_path``) and the parameters at the task's start (``si_start``), so that a mid-task
-    checkpoint continues the integral exactly; between tasks they are empty."""
+    checkpoint continues the integral exactly; between tasks they are empty.
+
+    Options (``method.*``):
+        lam: penalty strength (SI's c).
+        accumulate, alpha: importance across tasks, ``sum`` (SI Eq. 5) or ``blend``.
+        xi: the damping in Eq. 5, > 0.
+    """
 
     name = "si"
+    options = QuadraticPenalty.options + ("xi",)
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: MethodConfig):
         super().__init__(cfg)
-        if cfg.xi <= 0:
-            raise UserError(f"config method.xi: {cfg.xi} must be > 0")
         self._start: dict[str, torch.Tensor] = {}  # theta at the start of the task
         self._w: dict[str, torch.Tensor] = {}  # path integral
         self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None  # (theta, g) before a step
 
     def before_task(self, model: nn.Module, task: TaskData) -> None:
+        """Start the task's path integral at the current parameters."""
         params = trainable(model)
         self._start = {n: p.detach().clone() for n, p in params.items()}
         self._w = {n: torch.zeros_like(p) for n, p in params.items()}
         super().before_task(model, task)
 
     def before_step(self, model: nn.Module) -> None:
+        """Keep theta and the task loss's gradient (the penalty's part removed) before the step."""
         params = trainable(model)
         omega, anchor = self._get("omega"), self._get("anchor")
         grads = {}
@@ -59,6 +68,7 @@ class SI(QuadraticPenalty):
         self._step = ({n: p.detach().clone() for n, p in params.items()}, grads)
 
     def after_step(self, model: nn.Module) -> None:
+        """Add the step's contribution to the path integral (SI Eq. 3)."""
         if self._step is None:
             return
         before, grads = self._step
@@ -67,12 +77,14 @@ class SI(QuadraticPenalty):
         self._step = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The quadratic penalty's state plus the running path integral and the task's start."""
         out = super().state_dict()
         for kind, tensors in (("si_start", self._start), ("si_path", self._w)):
             out.update({f"{kind}.{n}": t.detach().cpu().contiguous() for n, t in tensors.items()})
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state_dict`'s output, the running path integral included."""
         rest = dict(state)
         taken: dict[str, dict[str, torch.Tensor]] = {"si_start": {}, "si_path": {}}
         for name in list(rest):
@@ -83,6 +95,7 @@ class SI(QuadraticPenalty):
         super().load_state_dict(rest, device)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """Omega of the task (SI Eq. 5, clamped at 0); ends the path integral."""
         if not self._w:
             raise RuntimeError("SI.after_task without before_task: the path integral was never started")
         params = trainable(model)

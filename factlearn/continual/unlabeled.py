@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.images import load_images, to_model_input
+from ..config import MethodConfig
+from ..data.images import expand_images, load_images, to_model_input
 from ..data.manifest import MANIFEST_NAMES, load_dataset
 from ..distributed import SINGLE, Context
 from ..errors import UserError
@@ -35,8 +36,6 @@ def image_paths(source: str | Path) -> list[Path]:
     is_manifest = path.name in MANIFEST_NAMES if path.is_file() else any((path / n).is_file() for n in MANIFEST_NAMES)
     if is_manifest:
         return [r.image for r in load_dataset(path).records]
-    from ..query import expand_images  # imported here: factlearn.query imports the run (and this package)
-
     return expand_images([str(path)])
 
 
@@ -71,9 +70,15 @@ class DataImportance(QuadraticPenalty):
 
     With ``method.importance_data`` the image tower's importance comes from those images and the
     language tower's from the task's facts; without it both come from the task's training samples.
+
+    Options, besides the quadratic penalty's: ``importance_batch_size`` (samples per pass),
+    ``max_importance_samples`` (a seeded subset of the samples, also of ``importance_data``),
+    ``importance_data`` (the unlabeled images; MAS paper, Sec. 5).
     """
 
-    def __init__(self, cfg):
+    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples", "importance_data")
+
+    def __init__(self, cfg: MethodConfig):
         super().__init__(cfg)
         self._paths: list[Path] | None = None
         self._unlabeled: TaskData | None = None
@@ -83,11 +88,13 @@ class DataImportance(QuadraticPenalty):
         raise NotImplementedError
 
     def before_task(self, model: nn.Module, task: TaskData) -> None:
+        """Decode ``importance_data`` now, so that a bad path or image fails before training."""
         if self.cfg.importance_data is not None:
-            self.unlabeled(model, task.shard)  # decoded now: a bad path or image fails before training, not after it
+            self.unlabeled(model, task.shard)
         super().before_task(model, task)
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """Both towers' importance from ``task``, or the image tower's from ``importance_data``."""
         if self.cfg.importance_data is None:
             return self.tower_importance(model, task, TOWERS)
         return {

@@ -1,17 +1,15 @@
-"""The batched exact MAS importance (per-layer per-sample gradients) against per-sample references."""
+"""The per-sample |gradient| engine (factlearn.continual.per_sample) on its own, against a slow
+batch-size-1 autograd reference: every layer rule, the vmap fallback, chunking, real towers."""
 
 import pytest
 import torch
 from torch import nn
 
 from factlearn.config import ModelConfig
-from factlearn.continual.base import TaskData
-from factlearn.continual import mas
-from factlearn.continual.mas import fast_plan, mas_importance, per_sample_abs_grad_sum
+from factlearn.continual import per_sample
+from factlearn.continual.per_sample import fast_plan, per_sample_abs_grad_sum
 from factlearn.facts import Fact
 from factlearn.model import Vocabulary, create_model
-
-from test_mas import reference_importance
 
 WORDS = ["star", "red", "circle", "left", "of", "dark", "blue"]
 FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
@@ -31,7 +29,7 @@ def reference(module: nn.Module, inputs: tuple) -> dict[str, torch.Tensor]:
 
 def assert_close(fast: dict, ref: dict, tol: float = 1e-5) -> None:
     """Relative to each parameter's largest importance; a parameter whose true gradient is zero (a
-    ViT key bias: softmax ignores it) is compared at the rounding level of the whole model."""
+    ViT key bias: softmax ignores it) is compared at the rounding level of the whole module."""
     assert set(fast) == set(ref)
     floor = 1e-6 * max(v.abs().max() for v in ref.values())
     for n in ref:
@@ -39,45 +37,42 @@ def assert_close(fast: dict, ref: dict, tol: float = 1e-5) -> None:
         assert ((fast[n] - ref[n]).abs().max() / scale) < tol, n
 
 
-def model_and_task(cfg: ModelConfig, n: int, seed: int = 0):
-    torch.manual_seed(seed)
+def eval_towers(cfg: ModelConfig, n: int):
+    """A FactModel in eval mode with batch-norm statistics away from their init (so eval mode
+    differs from train mode), and n images and facts to feed its towers."""
+    torch.manual_seed(0)
     vocab = Vocabulary(WORDS)
     model = create_model(cfg, vocab)
     s = cfg.image_size
-    model.train()  # non-trivial batch-norm statistics, so eval mode differs from train mode
+    model.train()
     model.embed_images(torch.randn(16, 3, s, s) * 2 + 1)
-    x = torch.randn(n, 3, s, s)
     tokens, mask = vocab.encode([FACTS[i % len(FACTS)] for i in range(n)])
-
-    def batches(bs):
-        for start in range(0, n, bs):
-            yield x[start : start + bs], tokens[start : start + bs], mask[start : start + bs]
-
-    return model, TaskData("t", n, batches), (x, tokens, mask)
+    return model.eval(), (torch.randn(n, 3, s, s),), (tokens, mask)
 
 
 def trainable_names(module: nn.Module) -> set[str]:
+    """Names of the parameters that get importance."""
     return {n for n, p in module.named_parameters() if p.requires_grad}
 
 
-def test_default_model_is_exact_without_fallback():
-    model, task, data = model_and_task(ModelConfig(), n=6)
-    for tower in (model.image_tower, model.language_tower):
-        assert fast_plan(tower.eval(), trainable_names(tower))[1] == []  # no parameter left to vmap
-    fast = mas_importance(model, task, batch_size=4)  # a full and a short batch
-    assert_close(fast, reference_importance(model, data))
+def test_default_model_towers_are_exact_without_fallback():
+    model, images, facts = eval_towers(ModelConfig(), n=6)
+    for tower, inputs in ((model.image_tower, images), (model.language_tower, facts)):
+        assert fast_plan(tower, trainable_names(tower))[1] == []  # no parameter left to vmap
+        assert_close(per_sample_abs_grad_sum(tower, inputs), reference(tower, inputs))
 
 
-def test_vit_backbone_is_exact_with_fallback_for_its_own_parameters():
+def test_vit_image_tower_is_exact_with_fallback_for_its_own_parameters():
     cfg = ModelConfig(
         backbone="vit", image_size=32, slot_dim=8, word_dim=8, text_hidden=16,
         backbone_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                          "intermediate_size": 32, "patch_size": 8},
     )
-    model, task, data = model_and_task(cfg, n=5)
-    rest = fast_plan(model.image_tower.eval(), trainable_names(model.image_tower))[1]
+    model, images, _ = eval_towers(cfg, n=5)
+    tower = model.image_tower
+    rest = fast_plan(tower, trainable_names(tower))[1]
     assert rest == ["backbone.embeddings.cls_token", "backbone.embeddings.position_embeddings"]
-    assert_close(mas_importance(model, task, batch_size=3), reference_importance(model, data))
+    assert_close(per_sample_abs_grad_sum(tower, images), reference(tower, images))
 
 
 class Layers(nn.Module):
@@ -113,6 +108,7 @@ class Layers(nn.Module):
 
 
 def layers_and_inputs(n: int = 7):
+    """:class:`Layers` in eval mode with running statistics, and a batch of n samples."""
     torch.manual_seed(0)
     m = Layers()
     m.train()
@@ -138,7 +134,7 @@ def test_layer_rules_match_per_sample_reference():
 def test_chunking_does_not_change_the_result(monkeypatch):
     m, inputs = layers_and_inputs(5)
     whole = per_sample_abs_grad_sum(m, inputs)
-    monkeypatch.setattr(mas, "_CHUNK_ELEMENTS", 1)  # one sample at a time
+    monkeypatch.setattr(per_sample, "_CHUNK_ELEMENTS", 1)  # one sample at a time
     for n, v in per_sample_abs_grad_sum(m, inputs).items():
         assert torch.allclose(v, whole[n], rtol=1e-6, atol=0), n
 
@@ -155,10 +151,11 @@ def test_batch_statistics_couple_samples_so_everything_falls_back(train):
         assert_close(per_sample_abs_grad_sum(m, (x,)), reference(m, (x,)))
 
 
-def test_one_tower_only():
-    model, task, _ = model_and_task(ModelConfig(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                                                image_size=32, slot_dim=8, word_dim=8, text_hidden=16), n=5)
-    both = mas_importance(model, task, batch_size=4)
-    image = mas_importance(model, task, batch_size=4, towers=("image_tower",))
-    assert set(image) == {n for n in both if n.startswith("image_tower.")}
-    assert all(torch.equal(image[n], both[n]) for n in image)
+def test_names_select_parameters_and_the_rest_are_left_out():
+    m, inputs = layers_and_inputs(4)
+    some = ["conv.weight", "scale", "unused.bias"]
+    fast = per_sample_abs_grad_sum(m, inputs, some)
+    ref = reference(m, inputs)
+    assert list(fast) == some
+    assert_close({n: fast[n] for n in some[:2]}, {n: ref[n] for n in some[:2]})
+    assert torch.all(fast["unused.bias"] == 0)
