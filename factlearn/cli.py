@@ -31,6 +31,7 @@ class Group(click.Group):
     """
 
     def invoke(self, ctx: click.Context):
+        """Run the command; a UserError becomes one line and exit 2, Ctrl-C exit 130."""
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -51,6 +52,7 @@ class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses nan and inf (which pass its comparisons)."""
 
     def convert(self, value, param, ctx):
+        """The number, refused when it is nan or infinite."""
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
@@ -242,7 +244,7 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
     """Train a task sequence (B1 -> B2 -> ...) and evaluate every task after each one."""
     from .config import load_config
     from .continual import METHODS
-    from .train import train as run_training
+    from .training import train as run_training
 
     if method is not None and method not in METHODS:
         raise UserError(f"--method {method!r} is not one of {', '.join(sorted(METHODS))}")
@@ -264,7 +266,7 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
     doc = run_training(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, resume=resume)
     if _rank() == 0:
         click.echo(f"run written to {out_dir}")
-        click.echo(format_final(doc))
+        click.echo(format_final(doc["final"]))
 
 
 def _given_arguments(ctx: click.Context, leave_out: str) -> list[str]:
@@ -289,13 +291,13 @@ ORDER_LABELS = {"1": "<S>", "2": "<S,P>", "3": "<S,P,O>"}
 COLUMN_NAMES = {"map@100": "mAP@100"}
 
 
-def format_final(doc: dict, protocol: str | None = None) -> str:
-    """A per-task table of the final top-1/5/10, MRR and mAP@100, with a row per fact order.
+def format_final(final: dict[str, dict]) -> str:
+    """A per-task table (task -> metrics, metrics.json's ``final`` block or an evaluation's result)
+    of top-1/5/10, MRR and mAP@100, with a row per fact order.
 
     Keys a result lacks (runs written before they existed) show as ``-``; an approximate
     index's recall@10 against exact search gets a column when present.
     """
-    final = (doc["protocols"][protocol] if protocol else doc)["final"]
     cols = ["top1", "top5", "top10", "mrr", "map@100"]
     cols += [c for c in ("recall@10",) if any(c in m for m in final.values())]
     lines = [f"{'task':<10}{'n':>6}" + "".join(f"{COLUMN_NAMES.get(c, c):>10}" for c in cols)]
@@ -331,44 +333,18 @@ def evaluate(run_dir, protocol, after, data_dir, device, index_kind, export_dir,
     fact_embeddings.npy (float32, L2-normalised), images.csv (image,fact_id) and facts.csv
     (fact_id,subject,predicate,object) of the task's test images and candidate facts.
     """
-    import numpy as np
+    from .evaluate import evaluate_run
 
-    from .data.images import load_images
-    from .data.manifest import load_dataset
-    from .data.splits import image_splits
-    from .evaluate import evaluate_view, export_views, task_views
-    from .run import RunDir
-    from .train import resolve_device
-
-    run = RunDir(run_dir)
-    model, task = run.load_model(after, resolve_device(device))
-    cfg, tasks, facts = run.config(), run.tasks(), run.facts()
-    dataset = load_dataset(data_dir or run.data_dir())
-    if dataset.facts.facts != facts.facts:
-        raise UserError(f"the data's facts differ from {run.file('facts.json')}: not the data this run was trained on")
-    protocol = protocol or cfg.eval.protocol
-    is_test = image_splits(dataset, cfg.split.test_fraction, cfg.split.seed)
-    rows = np.flatnonzero(is_test)
-    images = load_images([dataset.records[i].image for i in rows], cfg.model.image_size)
-    trained = [t.name for t in tasks].index(task) + 1
-    views = task_views(model, facts, tasks, images, np.array(dataset.fact_ids())[rows], trained, protocol,
-                       cfg.eval.batch_size)
-    results = {v.name: evaluate_view(v, facts, index_kind) for v in views}
-    if export_dir is not None:
-        names = [_data_relative(dataset.records[i].image, dataset.root) for i in rows]
-        export_views(export_dir, views, facts, names)
+    [(task, by_protocol)] = evaluate_run(run_dir, data_dir, after, protocol and [protocol], index_kind, device,
+                                         export_dir=export_dir).items()
+    [(protocol, results)] = by_protocol.items()
     if as_json:
         click.echo(json.dumps({"after": task, "protocol": protocol, "index": index_kind, "tasks": results}, indent=2))
         return
     click.echo(f"{run_dir}: after {task}, {protocol} protocol, {index_kind} index")
-    click.echo(format_final({"final": results}))
+    click.echo(format_final(results))
     if export_dir is not None:
         click.echo(f"embeddings written to {export_dir}")
-
-
-def _data_relative(image: Path, root: Path) -> str:
-    # Manifest images normally lie inside the data directory; one allowed outside keeps its path.
-    return image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)
 
 
 @main.command()
@@ -422,8 +398,8 @@ def compare(run_dirs, metric, protocol, plots_dir) -> None:
 def importance(run_dir, images, summary, device) -> None:
     """Add importance from new unlabeled images to a run's latest checkpoint, without training (--images),
     or print its importance per parameter (--summary)."""
-    from .continual.online import add_importance, importance_summary
-    from .train import resolve_device
+    from .importance import add_importance, importance_summary
+    from .device import resolve_device
 
     if images is None and not summary:
         raise UserError("give --images DIR_OR_MANIFEST to add importance, or --summary to print it")
@@ -439,6 +415,7 @@ def importance(run_dir, images, summary, device) -> None:
 
 
 def run() -> None:  # python -m factlearn
+    """Entry point of ``python -m factlearn``."""
     main(prog_name="factlearn")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_path
-from .retrieval.metrics import sequence_metrics
+from .results import Metrics
 from .run import RunDir
 
 
@@ -19,26 +19,34 @@ from .run import RunDir
 class _Run:
     path: str
     label: str  # unique among the compared runs, safe in a file name
-    method: str
-    protocol: str
-    tasks: list[str]
-    block: dict  # metrics.json's block of the protocol: matrix, final, sequence
+    metrics: Metrics
+    protocol: str  # the one compared
+
+    @property
+    def method(self) -> str:
+        return self.metrics.method
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.metrics.tasks
+
+    def final(self, task: str, metric: str) -> float:
+        return self.metrics.final(self.protocol)[task][metric]
+
+    def matrix(self, metric: str) -> list[list[float]]:
+        return self.metrics.matrix(metric, self.protocol)
 
     def sequence(self, metric: str) -> dict:
-        # Runs written before metrics.json had a sequence block: derive it from the matrix.
-        return self.block.get("sequence", {}).get(metric) or sequence_metrics(self.block["matrix"][metric])
+        return self.metrics.sequence(metric, self.protocol)
 
 
 def _load_runs(run_dirs: list[str], protocol: str | None) -> list[_Run]:
     runs = []
     for path in run_dirs:
-        run = RunDir(path)
-        run.require()
-        doc = run.read_json("metrics.json")
-        if protocol and protocol not in doc.get("protocols", {}):
-            raise UserError(f"{run.file('metrics.json')} has no {protocol} protocol")
-        block = doc["protocols"][protocol] if protocol else doc
-        runs.append(_Run(path, "", doc["method"], protocol or doc["protocol"], doc["tasks"], block))
+        RunDir(path).require()
+        metrics = Metrics.read(path)
+        metrics.block(protocol)  # a missing protocol is named here, once
+        runs.append(_Run(path, "", metrics, protocol or metrics.protocol))
     for run in runs[1:]:
         if run.tasks != runs[0].tasks:
             raise UserError(f"{run.path}: tasks {run.tasks} differ from {runs[0].path}'s {runs[0].tasks}")
@@ -59,7 +67,7 @@ def compare_table(run_dirs: list[str], metrics: list[str], protocol: str | None 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         cells = [run.path, run.method]
-        cells += [_cell(run.block["final"][t][m]) for m in metrics for t in tasks]
+        cells += [_cell(run.final(t, m)) for m in metrics for t in tasks]
         cells += [_cell(run.sequence(m)[key]) for m in metrics for key in ("average", "bwt")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -78,15 +86,15 @@ def compare_plots(run_dirs: list[str], out_dir: str | Path, metrics: list[str], 
     written = []
     for metric in metrics:
         for run in runs:
-            written.append(_save(_matrix_figure(run, metric), out_dir / f"{run.label}_{metric}_matrix.png"))
-        written.append(_save(_sequence_figure(runs, metric), out_dir / f"sequence_{metric}.png"))
+            written.append(save_png(_matrix_figure(run, metric), out_dir / f"{run.label}_{metric}_matrix.png"))
+        written.append(save_png(_sequence_figure(runs, metric), out_dir / f"sequence_{metric}.png"))
     return written
 
 
 def _matrix_figure(run: _Run, metric: str):
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    acc = np.array(run.block["matrix"][metric], dtype=float)  # (tasks trained, tasks evaluated)
+    acc = np.array(run.matrix(metric), dtype=float)  # (tasks trained, tasks evaluated)
     rows, cols = acc.shape
     fig = Figure(figsize=(1.1 * cols + 2.2, 0.9 * rows + 1.6), layout="constrained")
     ax = fig.add_subplot()
@@ -114,7 +122,7 @@ def _sequence_figure(runs: list[_Run], metric: str):
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
     for j, (ax, task) in enumerate(zip(axes, tasks)):
         for run in runs:
-            acc = [row[j] for row in run.block["matrix"][metric]]  # task j after each task trained
+            acc = [row[j] for row in run.matrix(metric)]  # task j after each task trained
             ax.plot(range(len(acc)), acc, marker="o", label=f"{run.method} ({run.label})")
         ax.axvline(j, color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(task)
@@ -130,7 +138,8 @@ def _sequence_figure(runs: list[_Run], metric: str):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return path

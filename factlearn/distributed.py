@@ -18,7 +18,7 @@ rounding):
   :class:`GlobalBatchNorm`, whose statistics cover the global batch. (torch's SyncBatchNorm does
   the same on GPUs only.) The swap shares the parameters and buffers and is undone after each task.
   It costs an all-reduce per layer in the forward and one in the backward: where collectives are
-  slow (CPU processes, gloo: about 1.5 ms each on a 2-core machine) ``train.sync_batch_norm:
+  slow (CPU processes over gloo; docs/scaling.md has the figures) ``train.sync_batch_norm:
   false`` keeps each rank's own statistics instead (faster, no longer one process's steps).
 - Method state. Importance (MAS, l-MAS, EWC's Fisher) is a mean over samples: every rank sums over
   its shard of the task's samples (:meth:`Context.take`) and ``TaskData.mean`` all-reduces the sums
@@ -81,6 +81,7 @@ class Context:
         return n_local * self.world / n_global
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a single process)."""
         if self.world > 1:
             dist.barrier()
 
@@ -174,6 +175,7 @@ def join_group(device: torch.device) -> tuple[Context, torch.device, bool]:
 
 
 def leave_group(owned: bool) -> None:
+    """Tear down the process group if :func:`join_group` created it."""
     if owned and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -209,6 +211,7 @@ class Towers(nn.Module):
         self.model = model
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers' raw slot embeddings in one call."""
         return self.model.embed_images(pixels), self.model.embed_facts(tokens, mask)
 
 
@@ -287,6 +290,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected input of shape (N, {self.num_features}, ...), got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm over the global batch in training, the running statistics in eval mode."""
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)

@@ -1,5 +1,9 @@
 """Per-task evaluation: nearest-fact retrieval through a FAISS index of the model's facts.
 
+One pipeline, :func:`evaluate_tasks` (the training loop calls it after every task), and one entry
+point for a run directory's checkpoints, :func:`evaluate_run` (``factlearn evaluate`` and the
+experiment code's probes).
+
 For every task: embed its test images and its candidate facts (:func:`task_views`; the test set is
 embedded once for every task and protocol), rank the
 candidates per image through a :class:`ShardedFactIndex` (fact recognition: top-k, MRR, overall
@@ -26,13 +30,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.splits import Task
+from .data.images import load_images
+from .data.manifest import load_dataset
+from .data.splits import Task, image_splits
+from .device import resolve_device
+from .errors import UserError
 from .facts import FactTable
 from .io import atomic_path
 from .model import FactModel
 from .retrieval.index import normalised_rows, sized_options
 from .retrieval.metrics import correct_matrix, first_correct_in_topk, hit_metrics, retrieval_ap
 from .retrieval.sharded import ShardedFactIndex
+from .run import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +228,11 @@ def evaluate_tasks(
     index_kind: str = "flat",
     index_options: dict[str, int] | None = None,
     chunk: int = CHUNK,
+    skip_empty: bool = False,
+    views_out: dict[str, list[TaskView]] | None = None,
 ) -> dict[str, dict]:
-    """Recognition and retrieval metrics of every task's test images.
+    """Recognition and retrieval metrics of every task's test images: THE evaluation pipeline
+    (the training loop calls it on the model in memory, :func:`evaluate_run` on a checkpoint).
 
     Args:
         images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
@@ -229,16 +241,97 @@ def evaluate_tasks(
             sequence of them: the images are embedded once for all of them.
         index_kind, index_options: the FactIndex used for recognition (``"flat"`` is exact).
         chunk: images (and facts) embedded and searched at a time; bounds memory, changes no result.
+        skip_empty: leave out tasks with no image among ``images`` (a probe set of some facts).
+        views_out: when given, filled with protocol -> the evaluated :class:`TaskView` list (for
+            :func:`export_views`).
     Returns:
         task name -> the dict of :func:`evaluate_view`; for a sequence of protocols,
         protocol -> task name -> that dict.
     """
     protocols = [protocol] if isinstance(protocol, str) else list(protocol)
     img_emb, fact_emb = embed_test_set(model, facts, images, batch_size, chunk)
-    out = {proto: {v.name: evaluate_view(v, facts, index_kind, index_options, chunk)
-                   for v in cut_views(tasks, image_fact_ids, img_emb, fact_emb, trained, proto)}
-           for proto in protocols}
+    out = {}
+    for proto in protocols:
+        views = [v for v in cut_views(tasks, image_fact_ids, img_emb, fact_emb, trained, proto)
+                 if len(v.rows) or not skip_empty]
+        if views_out is not None:
+            views_out[proto] = views
+        out[proto] = {v.name: evaluate_view(v, facts, index_kind, index_options, chunk) for v in views}
     return out[protocol] if isinstance(protocol, str) else out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    after: str | Sequence[str] | None = None,
+    protocols: Sequence[str] | None = None,
+    index_kind: str = "flat",
+    device: str | torch.device = "auto",
+    images: str = "test",
+    export_dir: str | Path | None = None,
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """Evaluate checkpoints of a run directory: the entry point of ``factlearn evaluate`` and of
+    the experiment code's probes (both through :func:`evaluate_tasks`).
+
+    Args:
+        run_dir: a run directory; data_dir: its data (default: the one it was trained on).
+        after: the checkpoint(s) to evaluate, by task name (default: the last completed one);
+            the images are decoded once for all of them.
+        protocols: candidate sets (default: the run's ``eval.protocol``).
+        index_kind: the fact index for recognition (``flat`` exact; ``hnsw``, ``ivf`` approximate,
+            which also report recall@10 against flat).
+        images: ``"test"``: the run's test split of ``data_dir``, which must hold the run's own fact
+            table; ``"all"``: every image of ``data_dir`` (e.g. a probe set of some facts under
+            other conditions), whose facts must be in the run's table; tasks without an image are
+            left out.
+        export_dir: write each task's embeddings under ``export_dir/<TASK>/`` (:func:`export_views`;
+            only with one checkpoint and one protocol).
+    Returns:
+        checkpoint task -> protocol -> task -> the metrics of :func:`evaluate_view`.
+    """
+    dev = resolve_device(device)
+    run = RunDir(run_dir)
+    run.require()
+    cfg, tasks, facts = run.config(), run.tasks(), run.facts()
+    done = run.completed()
+    if not done:
+        raise UserError(f"{run.path} has no completed task yet")
+    names = [done[-1]] if after is None else [after] if isinstance(after, str) else list(after)
+    for name in names:
+        if name not in done:
+            raise UserError(f"--after {name}: not a completed task of {run.path} (completed: {', '.join(done)})")
+    protocols = [cfg.eval.protocol] if protocols is None else list(protocols)
+    if export_dir is not None and (len(names) > 1 or len(protocols) > 1):
+        raise UserError("--export writes one checkpoint's embeddings under one protocol")
+    dataset = load_dataset(data_dir or run.data_dir())
+    if images == "test":
+        if dataset.facts.facts != facts.facts:
+            raise UserError(f"the data's facts differ from {run.file('facts.json')}: "
+                            "not the data this run was trained on")
+        rows = np.flatnonzero(image_splits(dataset, cfg.split.test_fraction, cfg.split.seed))
+        fact_ids = np.array(dataset.fact_ids())[rows]
+    elif images == "all":
+        rows = np.arange(len(dataset.records))
+        fact_ids = np.array(facts.ids([r.fact for r in dataset.records]), dtype=np.int64)
+    else:
+        raise ValueError(f"images must be 'test' or 'all', not {images!r}")
+    pixels = load_images([dataset.records[i].image for i in rows], cfg.model.image_size)
+    out: dict[str, dict] = {}
+    for name in names:
+        model, _ = run.load_model(name, dev)
+        views: dict[str, list[TaskView]] = {}
+        out[name] = evaluate_tasks(model, facts, tasks, pixels, fact_ids, [t.name for t in tasks].index(name) + 1,
+                                   protocols, cfg.eval.batch_size, index_kind, skip_empty=images == "all",
+                                   views_out=views)
+        if export_dir is not None:
+            export_views(export_dir, views[protocols[0]], facts,
+                         [_data_relative(dataset.records[i].image, dataset.root) for i in rows])
+    return out
+
+
+def _data_relative(image: Path, root: Path) -> str:
+    # Manifest images normally lie inside the data directory; one allowed outside keeps its path.
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)
 
 
 def export_views(out_dir: str | Path, views: Sequence[TaskView], facts: FactTable, image_names: Sequence[str]) -> None:

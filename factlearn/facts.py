@@ -33,6 +33,7 @@ class Fact:
 
     @property
     def slots(self) -> tuple[str | None, str | None, str | None]:
+        """(subject, predicate, object), None where the slot is a wildcard."""
         return (self.subject, self.predicate, self.object)
 
     @property
@@ -103,19 +104,23 @@ class FactTable:
         return fact in self._ids
 
     def id(self, fact: Fact) -> int:
+        """The id (position) of ``fact``; an unknown fact is a UserError naming it."""
         try:
             return self._ids[fact]
         except KeyError:
             raise UserError(f"unknown fact {fact}") from None
 
     def ids(self, facts: Sequence[Fact]) -> list[int]:
+        """The ids of ``facts``, in order."""
         return [self.id(f) for f in facts]
 
     def to_json(self) -> list[list[str | None]]:
+        """One ``[subject, predicate, object]`` list per fact (null for a wildcard), in id order."""
         return [list(f.slots) for f in self.facts]
 
     @classmethod
     def from_json(cls, rows: list) -> "FactTable":
+        """The table :meth:`to_json` wrote."""
         return cls(Fact(*row) for row in rows)
 
     def words(self) -> list[str]:

@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .errors import UserError
+from .data.images import expand_images, read_images
+from .device import resolve_device
 from .retrieval.index import FactIndex, sized_options
 from .run import RunDir
-from .train import resolve_device
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def expand_images(paths: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"no images in folder {p}")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise UserError(f"image not found: {p}")
-    return out
 
 
 def query_images(
@@ -49,7 +29,7 @@ def query_images(
     paths = expand_images(images)
     index = FactIndex(model.encode_facts([facts[i] for i in ids]).numpy(), fact_ids=ids, kind=index_kind,
                       **sized_options(index_kind, len(ids)))
-    scores, found = index.search(model.encode_image_files([str(p) for p in paths]).numpy(), top_k)
+    scores, found = index.search(model.encode_images(read_images(paths, model.cfg.image_size)).numpy(), top_k)
     return [
         {"image": str(p), "facts": [{"fact": str(facts[int(f)]), "slots": list(facts[int(f)].slots), "score": float(s)}
                                     for s, f in zip(srow, frow) if f >= 0]}

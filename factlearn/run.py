@@ -30,11 +30,10 @@ checkpoint format changes incompatibly). Another major version is a UserError na
 
 from __future__ import annotations
 
-import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 import yaml
@@ -42,16 +41,26 @@ from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .config import Config, from_dict
-from .continual import Method
 from .data.splits import Task, load_split
 from .errors import UserError
 from .facts import FactTable
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, read_json
 from .model import FactModel, Vocabulary, create_model
 
 
 STATE = "state.json"  # written last into a checkpoint folder: marks it complete
 RUN_FILES = ("config.yaml", "facts.json", "vocab.json", "split.json")  # written before run.json
+
+
+class MethodState(Protocol):
+    """What a checkpoint keeps of a continual-learning method (:class:`factlearn.continual.Method`):
+    its name and its tensors. A protocol, so the run directory does not depend on the methods."""
+
+    name: str
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The method's tensors to checkpoint."""
+        ...
 
 
 def check_version(version: object, where: Path) -> None:
@@ -64,14 +73,18 @@ def check_version(version: object, where: Path) -> None:
 
 
 class RunDir:
+    """A run directory (layout above): paths, the lock, JSON files, checkpoints and loading the model."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     # --- paths -----------------------------------------------------------------------------
     def file(self, name: str) -> Path:
+        """Path of a file at the top of the run directory."""
         return self.path / name
 
     def checkpoint(self, task: str) -> Path:
+        """Folder of the checkpoint after ``task``."""
         return self.path / "checkpoints" / task
 
     @contextmanager
@@ -92,6 +105,7 @@ class RunDir:
             yield
 
     def is_run(self) -> bool:
+        """Whether the directory holds a run (its run.json)."""
         return self.file("run.json").is_file()
 
     def require(self) -> dict:
@@ -115,15 +129,19 @@ class RunDir:
 
     # --- json ------------------------------------------------------------------------------
     def read_json(self, name: str) -> dict | list:
+        """A JSON file of the run directory (missing or corrupt: a UserError naming it)."""
         return read_json(self.file(name))
 
     def write_json(self, name: str, obj: object) -> None:
+        """Write a JSON file of the run directory atomically."""
         atomic_write_json(self.file(name), obj)
 
     def write_config(self, cfg: Config) -> None:
+        """Write the resolved configuration to config.yaml atomically."""
         atomic_write_text(self.file("config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def config(self) -> Config:
+        """The run's configuration, checked as strictly as a user's."""
         path = self.file("config.yaml")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -137,6 +155,7 @@ class RunDir:
             raise UserError(f"{exc} [in {path}]") from None
 
     def facts(self) -> FactTable:
+        """The run's fact table (ids are positions)."""
         data = self.read_json("facts.json")
         try:
             return FactTable.from_json([row["fact"] for row in data])
@@ -144,6 +163,7 @@ class RunDir:
             raise UserError(f"{self.file('facts.json')} is malformed: {exc}") from None
 
     def tasks(self) -> list[Task]:
+        """The run's task sequence (split.json)."""
         return load_split(self.file("split.json"))
 
     def completed(self) -> list[str]:
@@ -156,14 +176,14 @@ class RunDir:
         return done
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, task: str, model: FactModel, method: Method, state: dict,
+    def save_checkpoint(self, task: str, model: FactModel, method: MethodState, state: dict,
                         trainer: dict[str, torch.Tensor] | None = None) -> Path:
         """The checkpoint after ``task`` (state: JSON, the metric rows so far); returns its folder."""
         folder = self.checkpoint(task)
         _write_checkpoint(folder, model, method, state, trainer)
         return folder
 
-    def save_partial(self, task: str, step: int, model: FactModel, method: Method, state: dict,
+    def save_partial(self, task: str, step: int, model: FactModel, method: MethodState, state: dict,
                      trainer: dict[str, torch.Tensor]) -> Path:
         """A mid-task checkpoint after ``step`` steps of ``task``; once it is complete, older ones go."""
         folder = self.path / "partial" / f"{task}-step{step:06d}"
@@ -196,6 +216,7 @@ class RunDir:
         return None if best is None else best[1:]
 
     def clear_partials(self) -> None:
+        """Remove every mid-task checkpoint (once the task's own checkpoint is complete)."""
         for folder in self.partials():
             _remove_checkpoint(folder)
         if (self.path / "partial").is_dir() and not any((self.path / "partial").iterdir()):
@@ -221,18 +242,7 @@ class RunDir:
         return model.to(device).eval(), task
 
 
-def read_json(path: Path) -> dict | list:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"missing {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is corrupt: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _write_checkpoint(folder: Path, model: FactModel, method: Method, state: dict,
+def _write_checkpoint(folder: Path, model: FactModel, method: MethodState, state: dict,
                       trainer: dict[str, torch.Tensor] | None) -> None:
     meta = {"factlearn_version": __version__}
     atomic_save_tensors(folder / "model.safetensors", model.state_dict(), meta)

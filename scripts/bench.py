@@ -9,7 +9,7 @@ a ratio is taken per repeat from measurements made back to back):
 1. importance  exact MAS importance, batched per-sample path vs a batch-size-1 loop
                (``mas_importance(batch_size=1, exact=False)``: at batch size 1 the gradient of
                the batch is the sample's own, so it is exact), samples/s, ratio, max rel. diff.
-2. step        one training step (as Session.train_task takes it), finetune vs MAS, penalty active.
+2. step        one training step (factlearn.training.train_step, as the training loop takes it), finetune vs MAS, penalty active.
 3. pipeline    images/s of the training loop fed from the uint8 in-memory store (index it,
                ``to_model_input``, forward/backward/step) vs from pre-loaded float tensors.
 4. eval        FactIndex flat top-k vs scikit-learn NearestNeighbors(cosine, brute) on the same
@@ -56,14 +56,14 @@ import numpy as np
 import torch
 
 from factlearn.config import Config, MethodConfig
-from factlearn.continual import StepBatch, create_method
+from factlearn.continual import create_method
 from factlearn.continual.mas import mas_importance
 from factlearn.data.images import to_model_input
 from factlearn.data.manifest import load_dataset
 from factlearn.data.synth import generate_world
-from factlearn.losses import fact_loss
+from factlearn.distributed import Towers
 from factlearn.retrieval.index import FactIndex
-from factlearn.train import Session
+from factlearn.training import Session, StepInput, train_step
 
 # Sizes per mode. "full" is the issue's scale; "quick" must finish within 5 minutes on 2 cores.
 # IVF lists: 1 to 2 sqrt(F) (k-means over more lists costs minutes at 1M facts on 2 cores).
@@ -199,20 +199,11 @@ def step_inputs(s: Session) -> StepInputs:
                       s.slot_mask[stage.facts].to(s.device))
 
 
-def train_step(s: Session, si: StepInputs, x: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor) -> None:
-    """One optimizer step as ``Session.train_task`` takes it in a single process: both towers,
-    the loss, the method's penalty, backward, the method's step hooks, the optimizer, ``.item()``."""
-    model = s.model
-    img, fact = model.embed_images(x), model.embed_facts(si.fact_tokens, si.fact_mask)  # (B, 3, d), (F_t, 3, d)
-    loss = fact_loss(img, fact, si.fact_mask, targets, exclude, s.cfg.loss)
-    penalty = s.method.penalty(model, StepBatch(x, si.fact_tokens, si.fact_mask, image_emb=img, fact_emb=fact))
-    total = loss if penalty is None else loss + penalty
-    si.opt.zero_grad(set_to_none=True)
-    total.backward()
-    s.method.before_step(model)
-    si.opt.step()
-    s.method.after_step(model)
-    total.item()
+def step(s: Session, si: StepInputs, x: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor) -> None:
+    """One optimizer step: the library's own :func:`factlearn.training.train_step`, as the training
+    loop takes it in a single process (so a change to the real step is what gets measured)."""
+    train_step(s.model, s.method, si.opt, Towers(s.model), StepInput(x, targets, exclude, si.fact_tokens, si.fact_mask),
+               s.cfg.loss)
 
 
 def train_steps(s: Session, steps: int) -> None:
@@ -221,7 +212,7 @@ def train_steps(s: Session, steps: int) -> None:
     for i in range(steps):
         sel = torch.arange(i * BATCH, (i + 1) * BATCH) % len(si.rows)
         x = to_model_input(s.images[si.rows[sel.numpy()]].to(s.device))
-        train_step(s, si, x, *si.batch(s, sel))
+        step(s, si, x, *si.batch(s, sel))
 
 
 def amp(device: torch.device):
@@ -284,7 +275,7 @@ def bench_step(rep: Report, s: Session, repeats: int, steps: int, tag: str) -> N
         def go() -> None:
             s.method = method
             with amp(s.device):
-                train_step(s, si, x, *batch)
+                step(s, si, x, *batch)
 
         return go
 
@@ -306,18 +297,18 @@ def bench_pipeline(rep: Report, s: Session, repeats: int, n_batches: int, tag: s
     s.method = create_method(MethodConfig(name="finetune"))
     turn = {"store": 0, "floats": 0}
 
-    def from_store() -> None:  # what Session.train_task does per step
+    def from_store() -> None:  # what the training loop does per step
         sel = sels[turn["store"] % len(sels)]
         turn["store"] += 1
         with amp(s.device):
             x = to_model_input(s.images[si.rows[sel.numpy()]].to(s.device))
-            train_step(s, si, x, *si.batch(s, sel))
+            step(s, si, x, *si.batch(s, sel))
 
     def from_floats() -> None:
         i = turn["floats"] % len(sels)
         turn["floats"] += 1
         with amp(s.device):
-            train_step(s, si, preloaded[i], *si.batch(s, sels[i]))
+            step(s, si, preloaded[i], *si.batch(s, sels[i]))
 
     s.model.train()
     # One batch each way, alternating: the same batches, each pair back to back.
@@ -506,7 +497,7 @@ def bench_rss(rep: Report, world: Path, device: torch.device, epochs: int, tag: 
 
 def rss_child(method: str, world: str, device: str, epochs: int) -> None:
     """Run a short training (3 tasks) and print its peak memory as JSON on the last line."""
-    from factlearn.train import train
+    from factlearn.training import train
 
     cfg = Config()
     cfg.method.name = method

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python scripts/bench_ddp.py [--world DIR] [--nproc 2] [--epochs 3] [--repeats 2] [--batch-size 64]
 
 Generates the small built-in world (48 facts x 80 images at 64 px; a few seconds) unless --world
-names one, then times the training of task B1 (``Session.train_task``: its steps, with the
+names one, then times the training of task B1 (``factlearn.training.task.train_task``: its steps, with the
 default model, ``--batch-size`` (default 64) as the global batch, method finetune; decoding, importance
 and evaluation are not timed) in three set-ups:
 
@@ -37,7 +37,8 @@ from factlearn.config import load_config
 from factlearn.data.manifest import load_dataset
 from factlearn.data.synth import generate_world
 from factlearn.distributed import SINGLE, Context, join_group
-from factlearn.train import Session
+from factlearn.training import Session
+from factlearn.training.task import train_task
 
 
 def time_task(world: str, epochs: int, ctx: Context, sync_bn: bool = True, batch: int = 64) -> tuple[float, int]:
@@ -47,7 +48,7 @@ def time_task(world: str, epochs: int, ctx: Context, sync_bn: bool = True, batch
     s = Session(load_dataset(world), cfg, 0, torch.device("cpu"), False, ctx)
     ctx.barrier()
     start = time.perf_counter()
-    s.train_task(0)
+    train_task(s, 0)
     ctx.barrier()
     return time.perf_counter() - start, epochs * len(s.rows(s.tasks[0], test=False))
 

@@ -5,146 +5,15 @@
                             [--val-fraction 0.2] [--seeds N] [--out DIR] [--data DIR] [--jobs J]
                             [--metric top1]
 
-Never tuned on test images. The validation split is carved out of the TRAINING images: OUT/data/val
-is a data directory holding only the data's training rows (test rows are left out altogether),
-without their split column, so factlearn draws a seeded per-fact validation share of them
-(``split.test_fraction`` = ``--val-fraction``, ``split.seed`` = the experiments' split seed: at
-least one training and one validation image per fact). Each lambda of the grid trains the method
-on the same task sequence as the reproduction (``factlearn split`` of the same facts with the same
-seed) and config (configs/reproduce/<scale>.yaml, methods.yaml for the other method keys); its
-"test" metrics are validation metrics. The best lambda maximises the mean over tasks of the final
-``--metric`` (standard protocol), averaged over seeds; ties go to the smaller lambda. Put it into
-configs/reproduce/methods.yaml by hand.
-
-Runs go to OUT (default results/sweep-quick or results/sweep-full), resumable like reproduce.py's;
-the table is also written to OUT/<method>.md.
+The command line of :mod:`factlearn.experiments.sweep`, which documents the validation split and
+how the best lambda is chosen. Reads this checkout's configs/reproduce/ and writes to its
+results/ by default.
 """
 
-from __future__ import annotations
-
-import argparse
-import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reproduce as rp  # the machinery of scripts/reproduce.py (after the sys.path line)
-
-DEFAULT_GRID = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
-NO_LAMBDA = ("finetune", "joint")
-
-
-def sweep_plan(exp: rp.Experiments, method: str, grid: list[float], scale: str, seeds: int, out: Path,
-               kind: str, tasks: int, val_fraction: float) -> tuple[rp.Plan, dict[str, dict]]:
-    """The runs of a sweep (one per lambda and seed) on OUT/data/val, and their configs by name."""
-    out = out.resolve()
-    plan = rp.Plan(scale, out, out / "data" / "val", None, list(range(seeds)), exp.split_seed, val_fraction)
-    seq = f"{kind}{tasks}"
-    plan.sequences[seq] = (kind, tasks)
-    configs, entries = {}, []
-    for lam in grid:
-        name = f"{method}-lam{lam:g}"
-        cfg = rp.method_config(exp, scale, method)
-        cfg["method"]["lam"] = float(lam)
-        cfg["split"]["test_fraction"] = val_fraction
-        configs[name] = cfg
-        entries.append(rp.Entry(f"λ={lam:g}", name))
-        for s in plan.seeds:
-            run = rp.RunSpec(seq, name, method, s, config=name)
-            plan.runs[run.id] = run
-    plan.suites["sweep"] = (seq, entries)
-    return plan, configs
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True)
-    p.add_argument("--grid", default=None, help=f"Comma-separated lambdas (default: {','.join(map(str, DEFAULT_GRID))}).")
-    p.add_argument("--quick", action="store_true", help="The quick scale of configs/reproduce (small world, model).")
-    p.add_argument("--split", choices=["random", "semantic"], default="random")
-    p.add_argument("--tasks", type=int, default=2)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="Share of each fact's training images held out.")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--data", type=Path, default=None, help="Data directory (default: generate the built-in world).")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--metric", choices=list(rp.METRICS), default="top1")
-    args = p.parse_args(argv)
-    if args.method in NO_LAMBDA:
-        p.error(f"--method {args.method} has no lambda")
-    if not 0 < args.val_fraction < 1:
-        p.error("--val-fraction must be in (0, 1)")
-    try:
-        grid = sorted({float(v) for v in args.grid.split(",")}) if args.grid else list(DEFAULT_GRID)
-    except ValueError:
-        p.error(f"--grid {args.grid!r}: expected comma-separated numbers")
-    scale = "quick" if args.quick else "full"
-    try:
-        exp = rp.load_experiments()
-        if args.method not in exp.method_defaults[scale]:
-            raise rp.SetupError(f"{rp.CONFIG_DIR / 'methods.yaml'}: {scale}: no entry for method {args.method!r}")
-        out = args.out or rp.ROOT / "results" / f"sweep-{scale}"
-        world = args.data or out / "data" / "world"
-        plan, configs = sweep_plan(exp, args.method, grid, scale, args.seeds, out, args.split, args.tasks,
-                                   args.val_fraction)
-        for run in plan.runs.values():
-            why = rp.config_mismatch(plan, run, configs[run.config])
-            if why:
-                raise rp.SetupError(f"{plan.run_dir(run)} was trained with another config ({why})")
-        log = plan.out / "logs" / "prepare.log"
-        rp.check_child_factlearn(log)
-        if args.data is None:
-            rp.ensure_world(world, exp.world[scale], args.jobs, log)
-        if not (plan.data / "manifest.jsonl").is_file():
-            test_fraction = exp.base_config[scale].get("split", {}).get("test_fraction", 0.3)
-            rp.write_view(world, training_rows(world, test_fraction, exp.split_seed), plan.data, keep_split=False)
-        rp.write_tasks_files(plan, log)
-        for name, cfg in configs.items():
-            rp.write_config(plan.config_file(name), cfg, scale)
-    except rp.SetupError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    outcomes = rp.execute(plan, list(plan.runs.values()), args.jobs, args.device)
-    res = rp.collect(plan, "sweep")
-    text = sweep_report(res, args, grid)
-    rp._write_text(plan.out / f"{args.method}.md", text + "\n")
-    print(text)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
-
-
-def training_rows(world: Path, test_fraction: float, seed: int) -> list[int]:
-    """The data's training rows: its split column, and for rows without one the draw training makes
-    (the reproduction's test_fraction and split seed, not --val-fraction)."""
-    from factlearn.data.manifest import load_dataset
-    from factlearn.data.splits import image_splits
-
-    is_test = image_splits(load_dataset(world), test_fraction, seed)
-    return [i for i, test in enumerate(is_test) if not test]
-
-
-def sweep_report(res: rp.SuiteResults, args: argparse.Namespace, grid: list[float]) -> str:
-    """The validation tables, and the best lambda by the mean final ``args.metric``."""
-    if not res.tasks:
-        return "no complete run"
-    means = {label: statistics.fmean(d["protocols"]["standard"]["sequence"][args.metric]["average"] for d in docs)
-             for label, docs in res.metrics.items() if docs}
-    best = max(means, key=lambda k: (means[k], -float(k.split("=")[1])))
-    lines = [f"# lambda sweep: {args.method}", "",
-             (f"Validation split: {args.val_fraction:g} of each fact's training images "
-              f"({args.split} split, {args.tasks} tasks, {args.seeds} seed(s)); final accuracy, percent."), ""]
-    for proto in rp.PROTOCOLS:
-        for metric in rp.METRICS:
-            lines += [f"## {rp.METRIC_NAMES[metric]}, {proto} protocol", "", rp.final_table(res, proto, metric), ""]
-    lines += [f"best: {best} (mean validation {rp.METRIC_NAMES[args.metric]} {100 * means[best]:.1f}, standard protocol)",
-              "", "configs/reproduce/methods.yaml:", "",
-              f"    {args.method}: {{lam: {best.split('=')[1]}}}"]
-    edge = best.split("=")[1] in (f"{grid[0]:g}", f"{grid[-1]:g}")
-    if edge and len(grid) > 1:
-        lines += ["", "(the best lambda is at the edge of the grid: widen it)"]
-    return "\n".join(lines)
-
+from factlearn.experiments.sweep import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(None, root=Path(__file__).resolve().parents[1]))

@@ -33,7 +33,8 @@ from factlearn.continual.lmas import lmas_importance
 from factlearn.continual.mas import mas_importance
 from factlearn.data.manifest import load_dataset
 from factlearn.distributed import SINGLE, Context, join_group
-from factlearn.train import Session, train
+from factlearn.training import Session, train
+from factlearn.training.task import train_task
 
 RTOL = 1e-4
 
@@ -72,7 +73,7 @@ def session_results(data: str, cfg_path: str, ctx: Context) -> dict[str, torch.T
         "fisher": fisher_diagonal(s.model, task, 5),
         "lmas": lmas_importance(s.model, task, 5),
     }
-    s.train_task(0)
+    train_task(s, 0)
     parts.update(si=s.method.state_dict(), model=s.model.state_dict())
     return {f"{part}/{name}": t.detach().clone().contiguous() for part, tensors in parts.items()
             for name, t in tensors.items()}
@@ -88,7 +89,7 @@ def rank_main(rank: int, world: int, store: str, data: str, cfg_path: str, out: 
         # Per-rank batch-norm statistics: other steps than one process's, the same model on every rank.
         s = Session(load_dataset(data), load_config(cfg_path, {"train.sync_batch_norm": False}), 0,
                     torch.device("cpu"), False, ctx)
-        s.train_task(0)
+        train_task(s, 0)
         save_file(s.model.state_dict(), f"{out}/local_bn{rank}.safetensors")
     finally:
         dist.destroy_process_group()

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from factlearn.cli import main
 from factlearn.compare import compare_plots, compare_table
-from factlearn.config import ModelConfig
 from factlearn.data.splits import Task
 from factlearn.evaluate import evaluate_tasks, evaluate_view, task_views
 from factlearn.facts import Fact, FactTable
@@ -100,10 +99,9 @@ def ref_evaluate(img_emb, fact_emb, image_fact_ids, trained, protocol):
 
 
 @pytest.fixture(scope="module")
-def random_model_setup():
+def random_model_setup(tiny_model_config):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                      image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
+    cfg = tiny_model_config()
     model = create_model(cfg, Vocabulary(FACTS.words())).eval()
     rng = np.random.default_rng(0)
     image_fact_ids = np.concatenate([np.arange(len(FACTS)).repeat(3), rng.integers(len(FACTS), size=36)])
@@ -167,7 +165,7 @@ def test_approximate_index_reports_recall(random_model_setup):
 @pytest.fixture(scope="module")
 def trained_runs(tiny_world, tiny_config, tmp_path_factory):
     from factlearn.config import load_config
-    from factlearn.train import train
+    from factlearn.training import train
 
     root = tmp_path_factory.mktemp("runs")
     train(tiny_world, load_config(tiny_config, {"method.name": "finetune"}), root / "finetune", seed=0)

@@ -1,26 +1,20 @@
 import pytest
 import torch
 
-from factlearn.config import ModelConfig
 from factlearn.facts import Fact
 from factlearn.model import Vocabulary, create_model, normalize_slots
 
 FACTS = [Fact("star"), Fact("star", "dark blue"), Fact("circle", "left of", "star")]
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
-    base.update(kw)
-    return ModelConfig(**base)
 
-
-@pytest.mark.parametrize("cfg", [
-    tiny(),
-    tiny(backbone="vit", backbone_config={"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2,
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(backbone="vit", backbone_config={"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2,
                                           "num_attention_heads": 2, "intermediate_size": 32}),
 ])
-def test_shapes_and_wildcard_zeros(cfg):
+def test_shapes_and_wildcard_zeros(overrides, tiny_model_config):
+    cfg = tiny_model_config(**overrides)
     torch.manual_seed(0)
     vocab = Vocabulary(["star", "dark", "blue", "circle", "left", "of"])
     model = create_model(cfg, vocab)
@@ -34,24 +28,24 @@ def test_shapes_and_wildcard_zeros(cfg):
     assert enc.shape == (5, 48)
 
 
-def test_encode_is_deterministic_and_batch_independent():
+def test_encode_is_deterministic_and_batch_independent(tiny_model_config):
     torch.manual_seed(0)
-    model = create_model(tiny(), Vocabulary(["star"]))
+    model = create_model(tiny_model_config(), Vocabulary(["star"]))
     images = torch.randint(0, 255, (7, 3, 32, 32), dtype=torch.uint8)
     a = model.encode_images(images, batch_size=7)
     b = model.encode_images(images, batch_size=2)
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_unknown_words_embed_without_error():
+def test_unknown_words_embed_without_error(tiny_model_config):
     vocab = Vocabulary(["star"])
-    model = create_model(tiny(), vocab)
+    model = create_model(tiny_model_config(), vocab)
     assert vocab.unknown_words([Fact("hexagon", "purple")]) == ["hexagon", "purple"]
     assert model.encode_facts([Fact("hexagon", "purple")]).shape == (1, 48)
 
 
-def test_bad_input_shape_is_a_clear_value_error():
-    model = create_model(tiny(), Vocabulary(["star"]))
+def test_bad_input_shape_is_a_clear_value_error(tiny_model_config):
+    model = create_model(tiny_model_config(), Vocabulary(["star"]))
     with pytest.raises(ValueError, match="expected images of shape"):
         model.embed_images(torch.randn(3, 32, 32))
 

@@ -20,12 +20,6 @@ BERT = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "in
         "max_position_embeddings": 32}
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
-    base.update(kw)
-    return ModelConfig(**base)
-
 
 def round_trip(model, cfg, vocab, tmp_path):
     path = tmp_path / "model.safetensors"
@@ -37,14 +31,15 @@ def round_trip(model, cfg, vocab, tmp_path):
 
 # ---- frozen backbone stages ------------------------------------------------------------------
 
-@pytest.mark.parametrize("cfg,frozen,trained", [
-    (tiny(freeze_stages=1), ["backbone.embedder.", "backbone.encoder.stages.0."], "backbone.encoder.stages.1."),
-    (tiny(backbone="vit", freeze_stages=1,
+@pytest.mark.parametrize("overrides,frozen,trained", [
+    (dict(freeze_stages=1), ["backbone.embedder.", "backbone.encoder.stages.0."], "backbone.encoder.stages.1."),
+    (dict(backbone="vit", freeze_stages=1,
           backbone_config={"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                            "intermediate_size": 32}),
      ["backbone.embeddings.", "backbone.layers.0."], "backbone.layers.1."),
 ])
-def test_frozen_stages_do_not_move_and_are_not_trainable(cfg, frozen, trained):
+def test_frozen_stages_do_not_move_and_are_not_trainable(overrides, frozen, trained, tiny_model_config):
+    cfg = tiny_model_config(**overrides)
     torch.manual_seed(0)
     model = create_model(cfg, Vocabulary(WORDS))
     names = trainable(model)
@@ -65,17 +60,17 @@ def test_frozen_stages_do_not_move_and_are_not_trainable(cfg, frozen, trained):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_tower." + trained))
 
 
-def test_freeze_too_many_stages_is_a_user_error():
+def test_freeze_too_many_stages_is_a_user_error(tiny_model_config):
     with pytest.raises(UserError, match="freeze_stages"):
-        create_model(tiny(freeze_stages=3), Vocabulary(WORDS))
+        create_model(tiny_model_config(freeze_stages=3), Vocabulary(WORDS))
     with pytest.raises(UserError, match="model.freeze_stages"):
         from_dict(ModelConfig, {"freeze_stages": -1}, "model")
 
 
-def test_defaults_unchanged():
+def test_defaults_unchanged(tiny_model_config):
     cfg = ModelConfig()
     assert (cfg.freeze_stages, cfg.text_encoder, cfg.freeze_language) == (0, "phrase", False)
-    model = create_model(tiny(), Vocabulary(WORDS))
+    model = create_model(tiny_model_config(), Vocabulary(WORDS))
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(UserError, match="model.text_encoder"):
         from_dict(ModelConfig, {"text_encoder": "gpt"}, "model")
@@ -83,9 +78,9 @@ def test_defaults_unchanged():
 
 # ---- BERT language tower --------------------------------------------------------------------
 
-def test_bert_tower_shapes_wildcards_determinism_and_round_trip(tmp_path):
+def test_bert_tower_shapes_wildcards_determinism_and_round_trip(tmp_path, tiny_model_config):
     torch.manual_seed(0)
-    cfg = tiny(text_encoder="bert", text_config=BERT)
+    cfg = tiny_model_config(text_encoder="bert", text_config=BERT)
     vocab = Vocabulary(WORDS)
     model = create_model(cfg, vocab)
     vec = model.encode_facts(FACTS)
@@ -110,13 +105,13 @@ def test_bert_tower_shapes_wildcards_determinism_and_round_trip(tmp_path):
     assert model.language_tower.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
-def test_bert_tower_per_sample_gradients_under_vmap():
+def test_bert_tower_per_sample_gradients_under_vmap(tiny_model_config):
     # MAS / EWC take per-sample gradients with torch.func.vmap: no data-dependent control flow allowed
     from torch.func import functional_call, grad, vmap
 
     torch.manual_seed(0)
     vocab = Vocabulary(WORDS)
-    tower = create_model(tiny(text_encoder="bert", text_config=BERT), vocab).eval().language_tower
+    tower = create_model(tiny_model_config(text_encoder="bert", text_config=BERT), vocab).eval().language_tower
     tokens, mask = vocab.encode(FACTS)
     params = {n: p.detach() for n, p in tower.named_parameters()}
 
@@ -129,7 +124,7 @@ def test_bert_tower_per_sample_gradients_under_vmap():
         assert torch.allclose(batched[name][i], grad(sq_norm)(params, tokens[i], mask[i])[name], atol=1e-5)
 
 
-def test_bert_pretrained_directory(tmp_path):
+def test_bert_pretrained_directory(tmp_path, tiny_model_config):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -141,7 +136,7 @@ def test_bert_pretrained_directory(tmp_path):
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(pieces), **BERT), add_pooling_layer=False).save_pretrained(tmp_path)
     fast.save_pretrained(tmp_path)
-    cfg = tiny(text_encoder="bert", text_pretrained=str(tmp_path), text_pooling="mean")
+    cfg = tiny_model_config(text_encoder="bert", text_pretrained=str(tmp_path), text_pooling="mean")
     vocab = Vocabulary(["star", "dark", "blue", "hexagon", "starfish"])
     model = create_model(cfg, vocab)
     ids, attention = model.language_tower.phrase_inputs(
@@ -152,7 +147,7 @@ def test_bert_pretrained_directory(tmp_path):
     vec = model.encode_facts(FACTS)
     assert vec.shape == (3, 48) and torch.all(vec[0, 16:] == 0)
     with pytest.raises(UserError, match="text_pretrained"):
-        create_model(tiny(text_encoder="bert", text_pretrained=str(tmp_path / "nope")), vocab)
+        create_model(tiny_model_config(text_encoder="bert", text_pretrained=str(tmp_path / "nope")), vocab)
 
 
 # ---- word-vector language tower --------------------------------------------------------------
@@ -185,10 +180,10 @@ def test_bad_word_vectors_file_names_file_and_line(tmp_path, content, match):
     assert "vec.txt" in str(err.value)
 
 
-def test_vectors_tower(tmp_path):
+def test_vectors_tower(tmp_path, tiny_model_config):
     write_vectors(tmp_path / "vec.txt")
     vocab = Vocabulary(["star", "blue", "circle", "red"])  # "red" has no vector
-    cfg = tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt"), freeze_language=True)
+    cfg = tiny_model_config(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt"), freeze_language=True)
     torch.manual_seed(0)
     model = create_model(cfg, vocab)
     tower = model.language_tower
@@ -209,18 +204,18 @@ def test_vectors_tower(tmp_path):
         create_model(cfg, vocab)
 
 
-def test_vectors_tower_config_errors(tmp_path):
+def test_vectors_tower_config_errors(tmp_path, tiny_model_config):
     write_vectors(tmp_path / "vec.txt", dim=8)
     with pytest.raises(UserError, match="set model.word_dim to 8"):
-        create_model(tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), Vocabulary(WORDS))
+        create_model(tiny_model_config(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), Vocabulary(WORDS))
     with pytest.raises(UserError, match="model.word_vectors"):
-        create_model(tiny(text_encoder="vectors"), Vocabulary(WORDS))
+        create_model(tiny_model_config(text_encoder="vectors"), Vocabulary(WORDS))
 
 
-def test_vectors_tower_trains_its_slot_maps(tmp_path):
+def test_vectors_tower_trains_its_slot_maps(tmp_path, tiny_model_config):
     write_vectors(tmp_path / "vec.txt")
     vocab = Vocabulary(WORDS)
-    model = create_model(tiny(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), vocab)
+    model = create_model(tiny_model_config(text_encoder="vectors", word_vectors=str(tmp_path / "vec.txt")), vocab)
     names = trainable(model)
     assert "language_tower.slots.0.weight" in names and "language_tower.table" not in names
 
@@ -235,11 +230,11 @@ def images_of(shape: str, colour: str, n: int, gen: torch.Generator) -> torch.Te
     return x
 
 
-def test_unseen_combination_is_composed_from_seen_slots():
+def test_unseen_combination_is_composed_from_seen_slots(tiny_model_config):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     vocab = Vocabulary(["star", "circle", "red", "blue"])
-    model = create_model(tiny(), vocab)
+    model = create_model(tiny_model_config(), vocab)
     seen = [Fact("star", "red"), Fact("circle", "blue")]
     tokens, mask = vocab.encode(seen)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -1,5 +1,5 @@
-"""scripts/reproduce.py and scripts/sweep_lambda.py without training: the runs they would launch,
-skip and resume, and the tables they write from metrics files."""
+"""factlearn.experiments (scripts/reproduce.py and scripts/sweep_lambda.py) without training: the
+runs they would launch, skip and resume, and the tables they write from metrics files."""
 
 from __future__ import annotations
 
@@ -11,23 +11,34 @@ import pytest
 import yaml
 
 import factlearn
+from factlearn.errors import UserError
+from factlearn.experiments import (
+    config,
+    execute,
+    plots,
+    report,
+    reproduce,
+    sweep,
+    tables,
+)
+from factlearn.experiments import plan as plans
+from factlearn.experiments.children import child_cwd, child_env
+from factlearn.io import atomic_write_text
+from factlearn.results import PROTOCOLS
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import reproduce as rp
-import sweep_lambda
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / reproduce.CONFIG_DIR
 
 METHODS = ["finetune", "l2", "ewc", "si", "lwf", "mas", "lmas", "joint"]
 
 
 @pytest.fixture(scope="module")
-def exp() -> rp.Experiments:
-    return rp.load_experiments()
+def exp() -> config.Experiments:
+    return config.load_experiments(CONFIG_DIR / "experiments.yaml")
 
 
 def test_plan_of_every_suite(exp, tmp_path):
-    plan = rp.make_plan(exp, list(rp.SUITES), "quick", 1, tmp_path)
+    plan = plans.make_plan(exp, list(config.SUITES), "quick", 1, tmp_path)
     ids = set(plan.runs)
     # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared
     assert len(ids) == 27
@@ -39,9 +50,9 @@ def test_plan_of_every_suite(exp, tmp_path):
     assert plan.suites["adaptation"][0] == "random2" and plan.suites["topic"][0] == "random4"
     assert [e.variant for e in plan.suites["adaptation"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12"]
     assert [e.variant for e in plan.suites["topic"][1]] == ["finetune", "mas", "joint", "mas-imp-group-colour-train"]
-    assert plan.data == tmp_path / "data" / "world" and plan.world == {"preset": "small", "seed": 0}
+    assert plan.data == tmp_path / "data" / "world" and plan.world == config.WorldSpec("small", 0)
 
-    cmd = rp.train_command(plan, plan.runs["random2/seed0/mas-imp-B11"], "cpu")
+    cmd = execute.train_command(plan, plan.runs["random2/seed0/mas-imp-B11"], "cpu")
     assert cmd[:4] == [sys.executable, "-m", "factlearn", "train"]
     assert cmd[cmd.index("--importance-data") + 1] == str(tmp_path / "views" / "random2-B11")
     assert cmd[cmd.index("--config") + 1] == str(tmp_path / "configs" / "mas.yaml")
@@ -50,13 +61,13 @@ def test_plan_of_every_suite(exp, tmp_path):
     # children run from OUT/logs, not from here (python -m would import a checkout's factlearn/ first),
     # so every path they get is absolute
     assert all(Path(cmd[i + 1]).is_absolute() for i, a in enumerate(cmd) if a in ("--data", "--config", "--out"))
-    assert rp.child_cwd(tmp_path / "logs" / "x.log") == tmp_path / "logs"
-    assert rp.child_env()["OMP_NUM_THREADS"] == "1"
-    assert rp.child_env(tmp_path / "cache")["FACTLEARN_IMAGE_CACHE"] == str(tmp_path / "cache")
+    assert child_cwd(tmp_path / "logs" / "x.log") == tmp_path / "logs"
+    assert child_env()["OMP_NUM_THREADS"] == "1"
+    assert child_env(tmp_path / "cache")["FACTLEARN_IMAGE_CACHE"] == str(tmp_path / "cache")
 
 
 def test_plan_seeds_and_data(exp, tmp_path):
-    plan = rp.make_plan(exp, ["two-task"], "full", 3, tmp_path / "out", tmp_path / "mydata")
+    plan = plans.make_plan(exp, ["two-task"], "full", 3, tmp_path / "out", tmp_path / "mydata")
     assert len(plan.runs) == 8 * 3 and plan.world is None and plan.data == tmp_path / "mydata"
     assert sorted({r.seed for r in plan.runs.values()}) == [0, 1, 2]
     assert {r.sequence for r in plan.runs.values()} == {"random2"}
@@ -64,97 +75,126 @@ def test_plan_seeds_and_data(exp, tmp_path):
 
 
 def test_skip_complete_and_resume_started(exp, tmp_path):
-    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    plan = plans.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
     done, started = plan.runs["random2/seed0/mas"], plan.runs["random2/seed0/ewc"]
     _write_run(plan.run_dir(done), "mas", [[0.9, 0.1], [0.8, 0.9]])
     partial = plan.run_dir(started)
     _write_run(partial, "ewc", [[0.9, 0.1]], tasks=["B1", "B2"])  # one row of two: not complete
-    assert rp.run_complete(plan.run_dir(done))
-    assert not rp.run_complete(partial)
-    assert "--resume" in rp.train_command(plan, started, "cpu")
-    assert not rp.run_complete(plan.run_dir(plan.runs["random2/seed0/si"]))
+    assert execute.run_complete(plan.run_dir(done))
+    assert not execute.run_complete(partial)
+    assert "--resume" in execute.train_command(plan, started, "cpu")
+    assert not execute.run_complete(plan.run_dir(plan.runs["random2/seed0/si"]))
 
 
 def test_config_of_an_existing_run_must_match(exp, tmp_path):
     from factlearn.config import Config, from_dict
 
-    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    plan = plans.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
     run = plan.runs["random2/seed0/mas"]
-    cfg = rp.method_config(exp, "quick", "mas")
+    cfg = config.method_config(exp, "quick", "mas")
     saved = from_dict(Config, cfg).to_dict()
     saved["split"]["tasks_file"] = str(plan.tasks_file("random2"))
     plan.run_dir(run).mkdir(parents=True)
     (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert rp.config_mismatch(plan, run, cfg) is None
+    assert execute.config_mismatch(plan, run, cfg) is None
     saved["method"]["lam"] = cfg["method"]["lam"] + 1
     (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert "method.lam" in rp.config_mismatch(plan, run, cfg)
+    assert "method.lam" in execute.config_mismatch(plan, run, cfg)
+    # what `factlearn train --resume` lets change (how often it saves) is no mismatch either
+    saved["method"]["lam"] = cfg["method"]["lam"]
+    saved["train"]["checkpoint_every"] += 1
+    (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert execute.config_mismatch(plan, run, cfg) is None
 
 
-def test_experiments_file_is_checked(tmp_path):
-    bad = tmp_path / "experiments.yaml"
-    text = (rp.CONFIG_DIR / "experiments.yaml").read_text().replace("split_seed: 0", "split_seed: 0\nsplit_sed: 1")
-    bad.write_text(text)
-    for name in ("quick.yaml", "full.yaml", "methods.yaml"):
-        (tmp_path / name).write_text((rp.CONFIG_DIR / name).read_text())
-    with pytest.raises(rp.SetupError, match="split_sed"):
-        rp.load_experiments(bad)
+@pytest.mark.parametrize("file, old, new, key", [
+    ("experiments.yaml", "split_seed: 0", "split_seed: 0\nsplit_sed: 1", "'split_sed'"),  # unknown key
+    ("experiments.yaml", "split_seed: 0", "", "missing key 'split_seed'"),
+    ("experiments.yaml", "split_seed: 0", "split_seed: zero", "split_seed: expected int"),
+    ("experiments.yaml", "{split: random, tasks: 2}", "{split: random, taks: 2}", "'suites.two-task.taks'"),
+    ("experiments.yaml", "{split: random, tasks: 2}", "{split: random, tasks: two}", "suites.two-task.tasks: expected int"),
+    ("experiments.yaml", "{split: random, tasks: 2}", "{tasks: 2}", "missing key 'suites.two-task.split'"),
+    ("experiments.yaml", "two-task:", "five-task:", "unknown suite 'five-task'"),
+    ("experiments.yaml", "{preset: small, seed: 0}", "{preset: small}", "missing key 'scales.quick.world.seed'"),
+    ("experiments.yaml", "methods_file: methods.yaml", "methods_file: [methods.yaml]", "methods_file: expected str"),
+    ("experiments.yaml", "group: colour, ", "", "suites.topic needs a 'group'"),
+    ("quick.yaml", "epochs: 4", "epoch: 4", "'train.epoch'"),
+    ("methods.yaml", "  mas: {lam: 0.3}", "  mas: {lamb: 0.3}", "'method.lamb'"),
+])
+def test_experiments_file_is_checked(tmp_path, file, old, new, key):
+    """Every mistake in the experiments file or the files it names is one line naming the file and the key."""
+    for name in ("experiments.yaml", "quick.yaml", "full.yaml", "methods.yaml"):
+        text = (CONFIG_DIR / name).read_text()
+        if name == file:
+            assert old in text
+            text = text.replace(old, new, 1)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as caught:
+        exp = config.load_experiments(tmp_path / "experiments.yaml")
+        config.method_config(exp, "quick", "mas")  # the methods file's keys are checked per method
+    message = str(caught.value)
+    assert key in message and "\n" not in message
+    assert str(tmp_path / file) in message or (file == "methods.yaml" and str(tmp_path) in message)
 
 
 def test_tables_mean_and_std_over_seeds(exp, tmp_path):
-    plan = rp.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
+    plan = plans.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
     for seed, b1 in ((0, 0.5), (1, 0.7)):
         for method in METHODS:
             run = plan.runs[f"random2/seed{seed}/{method}"]
             _write_run(plan.run_dir(run), method, [[0.9, 0.0], [b1, 0.8]])
-    res = rp.collect(plan, "two-task")
-    table = rp.final_table(res, "standard", "top1").splitlines()
+    res = tables.collect(plan, "two-task")
+    table = tables.final_table(res, "standard", "top1").splitlines()
     assert table[0] == "| method | B1 | B2 | mean | BWT |"
     # B1 0.5 and 0.7: 60.0 ± 14.1; B2 80.0 twice; mean (0.65, 0.75); BWT (-0.4, -0.2)
     assert table[2] == "| finetune | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 |"
     assert len(table) == 2 + len(METHODS)
-    matrix = rp.matrix_table(res.metrics["mas"], res.tasks, "standard", "top1").splitlines()
+    matrix = tables.matrix_table(res.metrics["mas"], res.tasks, "standard", "top1").splitlines()
     assert matrix[2] == "| after B1 | 90.0 ± 0.0 |  |"
-    assert rp.mean_std([0.123]) == "12.3" and rp.mean_std([]) == "-" and rp.mean_std([float("nan")]) == "-"
-    readme = rp.write_report(plan, exp, {"command": "x", "jobs": 1, "finished": "now", "seconds": 60,
+    assert tables.mean_std([0.123]) == "12.3" and tables.mean_std([]) == "-" and tables.mean_std([float("nan")]) == "-"
+    readme = report.write_report(plan, exp, {"command": "x", "jobs": 1, "finished": "now", "seconds": 60,
                                          "trained": 16, "skipped": 0, "failed": 0}, plots=False)
     text = readme.read_text()
     assert "## two-task" in text and "60.0 ± 14.1" in text and (tmp_path / "two-task.md").is_file()
 
 
 def test_several_suites_in_one_invocation():
-    args = rp.parse_args(["--suite", "two-task", "four-task", "--seeds", "3"])
+    args = reproduce.parse_args(["--suite", "two-task", "four-task", "--seeds", "3"])
     assert args.suite == ["two-task", "four-task"]
     with pytest.raises(SystemExit):
-        rp.parse_args(["--suite", "two-task", "nonsense"])
+        reproduce.parse_args(["--suite", "two-task", "nonsense"])
 
 
 def test_report_only_trains_nothing(exp, tmp_path, capsys):
-    plan = rp.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
+    plan = plans.make_plan(exp, ["two-task"], "quick", 1, tmp_path)
     for method in METHODS[:3]:  # a reproduction still under way: three runs of eight complete
         _write_run(plan.run_dir(plan.runs[f"random2/seed0/{method}"]), method, [[0.9, 0.0], [0.6, 0.8]])
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    assert rp.main(["--suite", "all", "--quick", "--out", str(tmp_path), "--report-only", "--no-plots"]) == 0
+    assert reproduce.main(["--suite", "all", "--quick", "--out", str(tmp_path), "--report-only", "--no-plots"], ROOT) == 0
     assert "report of the complete runs so far" in capsys.readouterr().out
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     # no world, no run, no log; adaptation shares the two-task finetune run
     assert set(after) - set(before) == {Path("README.md"), Path("two-task.md"), Path("adaptation.md")}
     table = (tmp_path / "two-task.md").read_text()
     assert "| finetune | 60.0 | 80.0 |" in table and "| joint | - | - | - | - |" in table
+    # the page names its task file by the command that writes it: no link to OUT/tasks/, which is
+    # not published with the pages
+    assert "](tasks/" not in table
+    assert "`factlearn split <data> --kind random --tasks 2 --seed 0 --adaptation --test-fraction 0.3`" in table
 
 
 def test_plots_of_the_final_accuracy(exp, tmp_path):
-    plan = rp.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
+    plan = plans.make_plan(exp, ["two-task"], "quick", 2, tmp_path)
     for run in plan.runs.values():
         _write_run(plan.run_dir(run), run.method, [[0.9, 0.0], [0.5 + 0.1 * run.seed, 0.8]])
-    pngs = rp.suite_plots(plan, "two-task", exp.suites["two-task"], rp.collect(plan, "two-task"))
+    pngs = plots.suite_plots(plan.out, "two-task", exp.suites["two-task"], tables.collect(plan, "two-task"))
     names = {p.relative_to(tmp_path / "plots" / "two-task").as_posix() for p in pngs}
     assert {"final_standard.png", "final_generalized.png", "standard/sequence_top1.png"} <= names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
-    plan = rp.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path)
+    plan = plans.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path)
     for run in plan.runs.values():
         tasks = ["B1", "B2"] if run.sequence == "random2" else ["B1", "B2", "B3", "B4"]
         acc = [[0.5] * len(tasks) for _ in tasks]
@@ -162,27 +202,94 @@ def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
         for view in run.probes:
             # every task's view: B1 has 30 images at 0.9, the others 10 at 0.5
             after = {t: {p: {u: {"top1": 0.9 if u == "B1" else 0.5, "top5": 1.0, "n": 30 if u == "B1" else 10}
-                             for u in tasks} for p in rp.PROTOCOLS} for t in tasks}
-            rp._write_text(plan.probe_file(run, view), json.dumps({"after": after}))
-    sections = rp.suite_sections("adaptation", exp.suites["adaptation"], rp.collect(plan, "adaptation"))
+                             for u in tasks} for p in PROTOCOLS} for t in tasks}
+            atomic_write_text(plan.probe_file(run, view), json.dumps({"after": after}))
+    sections = tables.suite_sections("adaptation", exp.suites["adaptation"], tables.collect(plan, "adaptation"))
     header = sections[0].splitlines()[-len(plan.suites["adaptation"][1]) - 2]
     assert header.startswith("| method | B1 test top-1 | B2 test top-1 | B11 images top-1 | B12 images top-1 |")
     assert "| mas (importance: B11) | 50.0 | 50.0 | 90.0 | 90.0 |" in sections[0]
-    res = rp.collect(plan, "topic")
-    curve = rp.monitored_curve(res.probes["finetune"]["group-colour-test"], res.tasks, "standard", "top1")
+    res = tables.collect(plan, "topic")
+    curve = tables.monitored_curve(res.probes["finetune"]["group-colour-test"], res.tasks, "standard", "top1")
     assert curve[0] == pytest.approx([0.9, (27 + 5) / 40, (27 + 10) / 50, (27 + 15) / 60])
-    sections = rp.suite_sections("topic", exp.suites["topic"], res)
+    sections = tables.suite_sections("topic", exp.suites["topic"], res)
     assert "| mas (importance: colour images only) | 90.0 | 80.0 | 74.0 | 70.0 |" in sections[0]
 
 
 def test_sweep_plan_uses_a_validation_split(exp, tmp_path):
-    plan, configs = sweep_lambda.sweep_plan(exp, "mas", [1, 10], "quick", 1, tmp_path, "random", 2, 0.2)
+    plan, configs = sweep.sweep_plan(exp, "mas", [1, 10], "quick", 1, tmp_path, "random", 2, 0.2)
     assert sorted(plan.runs) == ["random2/seed0/mas-lam1", "random2/seed0/mas-lam10"]
     assert plan.data == tmp_path / "data" / "val" and plan.test_fraction == 0.2
     assert configs["mas-lam10"]["method"]["lam"] == 10 and configs["mas-lam10"]["split"]["test_fraction"] == 0.2
-    cmd = rp.train_command(plan, plan.runs["random2/seed0/mas-lam10"], "cpu")
+    cmd = execute.train_command(plan, plan.runs["random2/seed0/mas-lam10"], "cpu")
     assert cmd[cmd.index("--config") + 1] == str(tmp_path / "configs" / "mas-lam10.yaml")
     assert cmd[cmd.index("--data") + 1] == str(tmp_path / "data" / "val")
+
+
+def test_views_and_steps_from_a_world(exp, tiny_world, tmp_path):
+    """The task files, views and step counts of the adaptation and topic suites on a tiny world
+    (12 facts of 4 training and 2 test images each)."""
+    from click.testing import CliRunner
+
+    from factlearn.cli import main as factlearn_main
+    from factlearn.data.manifest import load_dataset
+    from factlearn.data.splits import load_tasks_file
+    from factlearn.experiments.prepare import (
+        split_options,
+        train_steps,
+        view_rows,
+        write_view,
+    )
+
+    plan = plans.make_plan(exp, ["adaptation", "topic"], "quick", 1, tmp_path, tiny_world)
+    for seq in plan.sequences:  # what prepare() runs as a child process, in this one
+        result = CliRunner().invoke(factlearn_main, ["split", str(tiny_world), *split_options(plan, seq),
+                                                     "--out", str(plan.tasks_file(seq))])
+        assert result.exit_code == 0, result.output
+    world = load_dataset(tiny_world)
+    source_lines = (tiny_world / "manifest.jsonl").read_text().splitlines()
+    for view in plan.views.values():
+        rows = view_rows(plan, view)
+        write_view(plan.data, rows, plan.view_dir(view.name))
+        # the data's own manifest rows, byte for byte, and its images, linked
+        lines = (plan.view_dir(view.name) / "manifest.jsonl").read_text().splitlines()
+        assert lines == [source_lines[i] for i in rows]
+        written = load_dataset(plan.view_dir(view.name))
+        assert all(r.image.samefile(world.records[i].image) for r, i in zip(written.records, rows))
+        if view.kind == "half":
+            assert rows == list(load_tasks_file(plan.tasks_file(view.sequence), world).adaptation[view.half])
+        else:
+            assert {r.group for r in written.records} == {"colour"}
+            assert {r.split for r in written.records} == {"test" if view.kind == "group-test" else "train"}
+    steps = train_steps(plan, exp)
+    # quick: batch 32, 4 epochs. random2: 6 facts x 4 training images = 24 per task, 1 batch per epoch;
+    # joint trains on 24, then 48 (2 batches). random4: 3 facts x 4 = 12 per task.
+    assert steps["random2/seed0/mas"] == steps["random2/seed0/mas-imp-B11"] == 2 * 4
+    assert steps["random4/seed0/finetune"] == 4 * 4 and steps["random4/seed0/joint"] == 4 * (1 + 1 + 2 + 2)
+
+
+def test_probe_evaluates_every_checkpoint_on_every_image(tiny_world, tmp_path, monkeypatch):
+    from factlearn.experiments import probe
+
+    calls = []
+
+    class Run:  # a run directory whose tasks B1 and B2 are complete
+        def __init__(self, path):
+            pass
+
+        def completed(self):
+            return ["B1", "B2"]
+
+    def evaluate_run(run_dir, data_dir, **options):
+        calls.append((run_dir, data_dir, options))
+        return {"B1": {}, "B2": {}}
+
+    monkeypatch.setattr(probe, "RunDir", Run)
+    monkeypatch.setattr(probe, "evaluate_run", evaluate_run)
+    probe.probe(tmp_path / "run", tiny_world, tmp_path / "probe.json", "cpu")
+    assert calls == [(tmp_path / "run", tiny_world, {"after": ["B1", "B2"], "protocols": PROTOCOLS,
+                                                      "device": "cpu", "images": "all"})]
+    doc = json.loads((tmp_path / "probe.json").read_text())
+    assert doc == {"run": str(tmp_path / "run"), "view": str(tiny_world), "images": 72, "after": {"B1": {}, "B2": {}}}
 
 
 def _write_run(folder: Path, method: str, acc: list[list[float]], tasks: list[str] | None = None) -> None:

@@ -25,10 +25,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import factlearn.run
-import factlearn.train
+import factlearn.training.session
+import factlearn.training.step
+import factlearn.training.task
 from factlearn.cli import main
 from factlearn.config import load_config
-from factlearn.train import train
+from factlearn.training import train
 
 # si: a method with mid-task state (its path integral); mas: the main one; lwf with plain SGD: an
 # optimizer state of None values (no momentum buffers), which go to state.json
@@ -161,7 +163,7 @@ def _sigint_on_call(monkeypatch, owner, name: str, n: int, times: int = 1) -> No
 
 def test_ctrl_c_saves_the_current_step_and_exits_130(monkeypatch, tmp_path, tiny_world, cfg_path, reference):
     out = tmp_path / "run"
-    _sigint_on_call(monkeypatch, factlearn.train, "fact_loss", 9)  # during step 3 of B2
+    _sigint_on_call(monkeypatch, factlearn.training.step, "fact_loss", 9)  # during step 3 of B2
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 130, r.output
     assert "stopped in task B2 after step 3 of 6" in r.output and "--resume" in r.output
@@ -177,7 +179,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(monkeypatch, tmp_path, tiny
 def test_ctrl_c_between_steps_of_work_stops_after_the_task(monkeypatch, tmp_path, tiny_world, cfg_path, reference):
     """Ctrl-C while B1 is evaluated: B1's checkpoint is written, then the run stops."""
     out = tmp_path / "run"
-    _sigint_on_call(monkeypatch, factlearn.train.Session, "evaluate", 1)
+    _sigint_on_call(monkeypatch, factlearn.training.session.Session, "evaluate", 1)
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 130 and "stopped after task B1" in r.output, r.output
     assert factlearn.run.RunDir(out).completed() == ["B1"]
@@ -188,14 +190,14 @@ def test_ctrl_c_between_steps_of_work_stops_after_the_task(monkeypatch, tmp_path
 
 def test_sigterm_stops_like_ctrl_c(monkeypatch, tmp_path, tiny_world, cfg_path, reference):
     out = tmp_path / "run"
-    original, calls = factlearn.train.fact_loss, itertools.count(1)
+    original, calls = factlearn.training.step.fact_loss, itertools.count(1)
 
     def loss_then_sigterm(*args, **kwargs):
         if next(calls) == 4:  # during step 4 of B1
             signal.raise_signal(signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(factlearn.train, "fact_loss", loss_then_sigterm)
+    monkeypatch.setattr(factlearn.training.step, "fact_loss", loss_then_sigterm)
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 130 and "stopped in task B1 after step 4 of 6" in r.output, r.output
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
@@ -206,7 +208,7 @@ def test_sigterm_stops_like_ctrl_c(monkeypatch, tmp_path, tiny_world, cfg_path, 
 
 def test_second_ctrl_c_stops_at_once(monkeypatch, tmp_path, tiny_world, cfg_path, reference):
     out = tmp_path / "run"
-    _sigint_on_call(monkeypatch, factlearn.train, "fact_loss", 9, times=2)
+    _sigint_on_call(monkeypatch, factlearn.training.step, "fact_loss", 9, times=2)
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 130 and "Interrupted" in r.output and "Traceback" not in r.output
     assert [p.name for p in (out / "partial").iterdir()] == ["B2-step000002"]  # nothing new was saved
@@ -217,13 +219,13 @@ def test_second_ctrl_c_stops_at_once(monkeypatch, tmp_path, tiny_world, cfg_path
 
 def test_diverged_loss_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, tiny_world, cfg_path):
     out = tmp_path / "run"
-    original, calls = factlearn.train.fact_loss, itertools.count(1)
+    original, calls = factlearn.training.step.fact_loss, itertools.count(1)
 
     def nan_from_step_9(*args, **kwargs):
         loss = original(*args, **kwargs)
         return loss * float("nan") if next(calls) >= 9 else loss
 
-    monkeypatch.setattr(factlearn.train, "fact_loss", nan_from_step_9)
+    monkeypatch.setattr(factlearn.training.step, "fact_loss", nan_from_step_9)
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "diverged on task B2 (step 3)" in r.output and "B2-step000002" in r.output, r.output
@@ -234,16 +236,16 @@ def test_diverged_loss_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, tin
 def test_non_finite_parameters_are_never_checkpointed(monkeypatch, tmp_path, tiny_world, cfg_path):
     """A step can blow the parameters up before any loss shows it: the checkpoint after it is refused."""
     out = tmp_path / "run"
-    original, calls = factlearn.train.Session._step, itertools.count(1)
+    original, calls = factlearn.training.task.train_step, itertools.count(1)
 
-    def step_then_blow_up(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
+    def step_then_blow_up(model, *args, **kwargs):
+        result = original(model, *args, **kwargs)
         if next(calls) == 8:  # step 2 of B2, a checkpoint step
             with torch.no_grad():
-                next(self.model.parameters()).fill_(float("inf"))
+                next(model.parameters()).fill_(float("inf"))
         return result
 
-    monkeypatch.setattr(factlearn.train.Session, "_step", step_then_blow_up)
+    monkeypatch.setattr(factlearn.training.task, "train_step", step_then_blow_up)
     r = CliRunner().invoke(main, _train_args(tiny_world, cfg_path, out))
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "diverged at task B2 (step 2)" in r.output and "no longer finite" in r.output, r.output

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from factlearn.config import ModelConfig
 from factlearn.data.splits import Task
 from factlearn.evaluate import evaluate_tasks
 from factlearn.facts import Fact, FactTable
@@ -99,10 +98,9 @@ TASKS = [Task("B1", [0, 3, 6, 8]), Task("B2", [1, 2, 4, 5, 7, 9])]
 
 @pytest.mark.parametrize("protocol, index_kind", [("standard", "flat"), ("generalized", "flat"),
                                                   ("generalized", "hnsw")])
-def test_chunked_evaluation_gives_the_same_metrics(protocol, index_kind):
+def test_chunked_evaluation_gives_the_same_metrics(protocol, index_kind, tiny_model_config):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone_config={"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-                      image_size=32, slot_dim=16, word_dim=16, text_hidden=32)
+    cfg = tiny_model_config()
     model = create_model(cfg, Vocabulary(FACTS.words())).eval()
     rng = np.random.default_rng(0)
     fact_ids = rng.integers(len(FACTS), size=70)

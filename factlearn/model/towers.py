@@ -89,6 +89,7 @@ class ImageTower(nn.Module):
         self.o_head = nn.Linear(hidden, d)
 
     def train(self, mode: bool = True) -> "ImageTower":
+        """Set the mode; frozen stages stay in eval mode."""
         # Frozen stages stay in eval mode: requires_grad=False alone would still let their
         # batch-norm running statistics drift with every training batch.
         super().train(mode)
@@ -106,6 +107,7 @@ class ImageTower(nn.Module):
         return out
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> raw slot embeddings (B, 3, d): S from pooled features, P and O from the grid."""
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(pixels.shape)}")
         fmap = self.feature_map(pixels)  # (B, C, h, w)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig
-from ..data.images import load_image, to_model_input
+from ..data.images import pil_to_array, to_model_input
 from ..facts import Fact
 from .towers import ImageTower, build_language_tower
 from .vocab import Vocabulary
@@ -42,10 +41,12 @@ class FactModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the parameters."""
         return next(self.parameters()).device
 
     @property
     def dim(self) -> int:
+        """Width of an encoded (normalised, flattened) embedding: 3 slots of ``slot_dim``."""
         return 3 * self.cfg.slot_dim
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,9 @@ class FactModel(nn.Module):
     def encode_images(self, images: torch.Tensor | Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
         """uint8 tensors (B, 3, H, W) at the model's size, or PIL images -> (B, 3*d) float32 on CPU."""
         if not isinstance(images, torch.Tensor):
-            images = torch.stack([torch.from_numpy(_pil_to_array(im, self.cfg.image_size)).permute(2, 0, 1) for im in images])
+            # the file loader's conversion (alpha, pixel cap): a PIL image embeds as its file does
+            images = torch.stack([torch.from_numpy(pil_to_array(im, self.cfg.image_size)).permute(2, 0, 1)
+                                  for im in images]) if len(images) else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
         was_training = self.training
         self.eval()
         out = []
@@ -80,14 +83,6 @@ class FactModel(nn.Module):
         self.train(was_training)
         return normalize_slots(emb, mask.to(self.device)).float().cpu()
 
-    def encode_image_files(self, paths: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Image files -> (N, 3*d); unreadable files raise UserError naming the file."""
-        arrays = [torch.from_numpy(load_image(p, self.cfg.image_size)).permute(2, 0, 1) for p in paths]
-        return self.encode_images(torch.stack(arrays), batch_size=batch_size)
-
-
-def _pil_to_array(img: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def create_model(cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = False) -> FactModel:

@@ -18,6 +18,13 @@ PAD, UNK = "<pad>", "<unk>"
 
 
 class Vocabulary:
+    """Words <-> token ids for the language tower: id 0 is padding, id 1 any unknown word.
+
+    Args:
+        words: the known words in id order (from id 2); ``<pad>`` and ``<unk>`` among them are
+            ignored.
+    """
+
     def __init__(self, words: Sequence[str]):
         self.words: list[str] = [PAD, UNK] + [w for w in words if w not in (PAD, UNK)]
         self.index = {w: i for i, w in enumerate(self.words)}
@@ -26,6 +33,7 @@ class Vocabulary:
         return len(self.words)
 
     def unknown_words(self, facts: Sequence[Fact]) -> list[str]:
+        """The words of ``facts`` not in the vocabulary (sorted, each once): they embed as ``<unk>``."""
         return sorted({w for f in facts for v in f.slots if v for w in v.split() if w not in self.index})
 
     def encode(self, facts: Sequence[Fact]) -> tuple[torch.Tensor, torch.Tensor]:

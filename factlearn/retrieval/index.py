@@ -106,6 +106,7 @@ class FactIndex:
 
     @property
     def dim(self) -> int:
+        """Width of the indexed vectors."""
         return int(self.index.d)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Importance of a trained run, after the fact: add some from new unlabeled images, or summarise it.
+"""``factlearn importance``: a trained run's importance after the fact, added from new unlabeled
+images or summarised. A run-directory operation (like query), not a continual-learning method.
 
 MAS importance needs no labels, so a deployed model can keep protecting what matters where it is
 used: ``add_importance`` computes the image tower's importance on new images and accumulates it
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..run import RunDir, read_tensors
-from . import create_method
-from .unlabeled import IMAGE_TOWER, DataImportance, image_paths, unlabeled_task
+from .continual import create_method
+from .continual.unlabeled import IMAGE_TOWER, DataImportance, image_paths, unlabeled_task
+from .errors import UserError
+from .run import RunDir, read_tensors
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,148 @@
+"""Running a plan: each run's ``factlearn train`` child (skipped when complete, resumed when
+started), then its probes, ``jobs`` runs at a time.
+
+A run whose metrics.json covers every task is complete; one with a run.json continues with
+``--resume``; a run made with another config than the one asked for now is refused before
+anything starts (:func:`config_mismatch`, the comparison ``factlearn train --resume`` makes).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, from_dict
+from ..errors import UserError
+from ..io import read_json
+from ..results import Metrics
+from ..run import RunDir
+from ..training.state import RESUME_MAY_CHANGE, flatten_config
+from .children import call, child_env
+from .plan import Plan, RunSpec
+
+
+def train_command(plan: Plan, run: RunSpec, device: str) -> list[str]:
+    """The ``factlearn train`` command of a run; ``--resume`` once the run directory holds a run."""
+    cmd = [sys.executable, "-m", "factlearn", "train", "--data", str(plan.data),
+           "--config", str(plan.config_file(run.config or run.method)), "--tasks-file", str(plan.tasks_file(run.sequence)),
+           "--out", str(plan.run_dir(run)), "--seed", str(run.seed), "--device", device]
+    if run.importance:
+        cmd += ["--importance-data", str(plan.view_dir(run.importance))]
+    if RunDir(plan.run_dir(run)).is_run():
+        cmd.append("--resume")
+    return cmd
+
+
+def probe_command(plan: Plan, run: RunSpec, view: str, device: str) -> list[str]:
+    """The child that evaluates every checkpoint of a run on a view (:mod:`.probe`)."""
+    return [sys.executable, "-m", "factlearn.experiments.probe", str(plan.run_dir(run)), str(plan.view_dir(view)),
+            str(plan.probe_file(run, view)), device]
+
+
+def run_complete(run_dir: Path) -> bool:
+    """metrics.json has a row of the accuracy matrix for every task of the sequence."""
+    metrics = read_metrics(run_dir)
+    return metrics is not None and metrics.complete()
+
+
+def read_metrics(run_dir: Path) -> Metrics | None:
+    """A run's metrics.json, None when it has none yet (or an unreadable one: the run is not done)."""
+    try:
+        return Metrics.read(run_dir)
+    except UserError:
+        return None
+
+
+def read_probe(plan: Plan, run: RunSpec, view: str) -> dict | None:
+    """The probe of a run on a view when complete: it covers every task, and is newer than the
+    run's metrics. None otherwise (missing, unreadable, or older than the run)."""
+    path, metrics = plan.probe_file(run, view), read_metrics(plan.run_dir(run))
+    try:
+        doc = read_json(path)
+    except UserError:
+        return None
+    complete = (metrics is not None and isinstance(doc, dict) and list(doc.get("after", {})) == metrics.tasks
+                and path.stat().st_mtime >= metrics.path.stat().st_mtime)
+    return doc if complete else None
+
+
+def config_mismatch(plan: Plan, run: RunSpec, cfg: dict) -> str | None:
+    """How an existing run's config.yaml differs from ``cfg`` with the run's task file and
+    importance data, by the keys ``factlearn train --resume`` compares (None: it does not)."""
+    run_dir = RunDir(plan.run_dir(run))
+    if not run_dir.file("config.yaml").is_file():
+        return None
+    want = from_dict(Config, cfg)
+    want.split.tasks_file = str(plan.tasks_file(run.sequence).resolve())
+    want.method.importance_data = str(plan.view_dir(run.importance)) if run.importance else None
+    saved = flatten_config(run_dir.config().to_dict())
+    for key, value in flatten_config(want.to_dict()).items():
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
+            return f"{key} is {saved.get(key)!r} there, {value!r} here"
+    return None
+
+
+@dataclass
+class Outcome:
+    """What became of a run in :func:`execute`."""
+
+    run: RunSpec
+    status: str  # "trained", "resumed", "probed", "skipped" (all done already), "failed", "interrupted"
+    train_s: float = 0.0  # wall seconds of training
+    train_cpu_s: float = 0.0  # CPU seconds of the training process (what a busy machine does not inflate)
+    probe_s: float = 0.0
+    message: str = ""
+
+
+def execute(plan: Plan, runs: list[RunSpec], jobs: int, device: str) -> list[Outcome]:
+    """Train every run not complete yet and evaluate it on its probe views; ``jobs`` at a time.
+
+    A failed run is reported and the others go on. Ctrl-C reaches the training processes too
+    (they save a checkpoint and stop); runs not started yet are not started.
+    """
+    lock, done_count, stop = threading.Lock(), [0], threading.Event()
+    env = child_env(plan.out / "cache")
+
+    def work(run: RunSpec) -> Outcome:
+        if stop.is_set():
+            return Outcome(run, "interrupted")
+        log = plan.log_file(run.id)
+        out = Outcome(run, "skipped")
+        t0 = time.perf_counter()
+        if not run_complete(plan.run_dir(run)):
+            cmd = train_command(plan, run, device)
+            out.status = "resumed" if "--resume" in cmd else "trained"
+            rc, out.train_cpu_s = call(cmd, log, env)
+            out.train_s = time.perf_counter() - t0
+            if rc != 0 or not run_complete(plan.run_dir(run)):
+                out.status, out.message = "failed", f"train exited with {rc}; see {log}"
+        t1 = time.perf_counter()
+        for view in run.probes if out.status != "failed" else ():
+            if read_probe(plan, run, view) is not None or stop.is_set():
+                continue
+            out.status = "probed" if out.status == "skipped" else out.status
+            rc, _ = call(probe_command(plan, run, view, device), log, env)
+            if rc != 0:
+                out.status, out.message = "failed", f"probe {view} exited with {rc}; see {log}"
+                break
+        out.probe_s = time.perf_counter() - t1
+        with lock:
+            done_count[0] += 1
+            took = f" in {out.train_s + out.probe_s:.0f} s" if out.status != "skipped" else ""
+            print(f"[{done_count[0]}/{len(runs)}] {run.id}: {out.status}{took} {out.message}".rstrip(), flush=True)
+        return out
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = [pool.submit(work, run) for run in runs]
+    try:
+        return [f.result() for f in as_completed(futures)]
+    except KeyboardInterrupt:
+        stop.set()
+        print("interrupted: waiting for the running jobs to save a checkpoint", file=sys.stderr, flush=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

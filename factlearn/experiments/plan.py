@@ -1,0 +1,146 @@
+"""The plan of a reproduction: which task sequences, views and runs the suites need, and where
+each of them lives in the results folder. Making a plan touches no file.
+
+Layout of the results folder OUT::
+
+    OUT/data/world/                      the built-in world (unless --data names one)
+    OUT/tasks/<sequence>.json            task files (``factlearn split``), e.g. random2.json
+    OUT/views/<view>/                    small data directories: an adaptation half, a group's images
+    OUT/configs/<name>.yaml              each method's config
+    OUT/runs/<sequence>/seed<k>/<variant>/   factlearn run directories
+    OUT/probes/<run id>/<view>.json      evaluations of every checkpoint of a run on a view
+    OUT/logs/                            prepare.log and one log per run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .config import Experiments, WorldSpec
+
+HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation` names them
+
+
+@dataclass(frozen=True)
+class View:
+    """A small data directory holding some of the data's rows: an importance source or a probe set."""
+
+    name: str
+    kind: str  # "half" (an adaptation half of `sequence`'s first task), "group-train", "group-test"
+    sequence: str | None = None
+    half: str | None = None  # "B11" / "B12"
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a method (with its importance source) on a task sequence, with a seed."""
+
+    sequence: str  # task file id, e.g. "random2"
+    variant: str  # method, or method + importance source: "mas-imp-B11"
+    method: str
+    seed: int
+    importance: str | None = None  # name of the View given as --importance-data
+    probes: tuple[str, ...] = ()  # Views every checkpoint is evaluated on
+    config: str | None = None  # name of its config file (default: the method's)
+
+    @property
+    def id(self) -> str:
+        """``<sequence>/seed<k>/<variant>``: its place under OUT/runs/ and OUT/probes/."""
+        return f"{self.sequence}/seed{self.seed}/{self.variant}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A row of a suite's tables: a label and the variant whose runs (one per seed) it averages."""
+
+    label: str
+    variant: str
+
+
+@dataclass
+class Plan:
+    """Everything a reproduction (or a sweep) trains, and the paths of its files under ``out``."""
+
+    scale: str
+    out: Path
+    data: Path
+    world: WorldSpec | None  # the world to generate, None with --data
+    seeds: list[int]
+    split_seed: int  # of the task files and of the train/test draw for rows without a split
+    test_fraction: float
+    sequences: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (kind, tasks)
+    views: dict[str, View] = field(default_factory=dict)
+    runs: dict[str, RunSpec] = field(default_factory=dict)  # by id; shared runs merged
+    suites: dict[str, tuple[str, list[Entry]]] = field(default_factory=dict)  # suite -> (sequence, entries)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        """The factlearn run directory of a run."""
+        return self.out / "runs" / run.id
+
+    def tasks_file(self, sequence: str) -> Path:
+        """The task file of a sequence (``factlearn split``)."""
+        return self.out / "tasks" / f"{sequence}.json"
+
+    def view_dir(self, name: str) -> Path:
+        """The data directory of a view."""
+        return self.out / "views" / name
+
+    def config_file(self, name: str) -> Path:
+        """A run config, by name: the method's (or a sweep's ``<method>-lam<lambda>``)."""
+        return self.out / "configs" / f"{name}.yaml"
+
+    def probe_file(self, run: RunSpec, view: str) -> Path:
+        """The probe of a run on a view (:mod:`.probe`)."""
+        return self.out / "probes" / run.id / f"{view}.json"
+
+    def log_file(self, name: str) -> Path:
+        """A log of OUT/logs: ``prepare``, or a run's id."""
+        return self.out / "logs" / f"{name.replace('/', '__')}.log"
+
+
+def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: Path,
+              data: Path | None = None) -> Plan:
+    """Which task files, views and runs ``suites`` need at ``scale`` with training seeds
+    0..``seeds``-1, in the results folder ``out``, on ``data`` (default: the built-in world)."""
+    out = out.resolve()
+    plan = Plan(scale, out, data.resolve() if data else out / "data" / "world", None if data else exp.world[scale],
+                list(range(seeds)), exp.split_seed, exp.scale_config(scale).split.test_fraction)
+    for suite in suites:
+        if suite not in exp.suites:
+            raise UserError(f"suite {suite!r} is not in {exp.path}")
+        sc = exp.suites[suite]
+        seq = f"{sc.split}{sc.tasks}"
+        plan.sequences[seq] = (sc.split, sc.tasks)
+        probes: tuple[str, ...] = ()
+        sources: list[tuple[str, str]] = []  # (label, view name) of the --importance-data variants
+        own = "own"  # label of importance from the task's own images
+        if suite == "adaptation":
+            for half in HALVES:
+                plan.views[f"{seq}-{half}"] = View(f"{seq}-{half}", "half", sequence=seq, half=half)
+            probes = tuple(f"{seq}-{h}" for h in HALVES)
+            sources = [(h, f"{seq}-{h}") for h in HALVES]
+            own = "all of B1"
+        elif suite == "topic":
+            train_view, test_view = f"group-{sc.group}-train", f"group-{sc.group}-test"
+            plan.views[train_view] = View(train_view, "group-train", group=sc.group)
+            plan.views[test_view] = View(test_view, "group-test", group=sc.group)
+            probes = (test_view,)
+            sources = [(f"{sc.group} images only", train_view)]
+            own = "each task's images"
+        # (label, variant, method, importance view) per table row
+        rows = [(f"{m} (importance: {own})" if m in sc.importance else m, m, m, None) for m in sc.methods]
+        rows += [(f"{m} (importance: {label})", f"{m}-imp-{view.removeprefix(seq + '-')}", m, view)
+                 for m in sc.importance for label, view in sources]
+        entries = [Entry(label, variant) for label, variant, _, _ in rows]
+        specs = [RunSpec(seq, variant, m, s, view, probes) for _, variant, m, view in rows for s in plan.seeds]
+        for spec in specs:
+            old = plan.runs.get(spec.id)
+            if old is not None:  # the same run serves several suites: evaluate it on every suite's views
+                spec = dataclasses.replace(spec, probes=tuple(dict.fromkeys(old.probes + spec.probes)))
+            plan.runs[spec.id] = spec
+        plan.suites[suite] = (seq, entries)
+    return plan

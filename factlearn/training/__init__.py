@@ -1,0 +1,14 @@
+"""Training: a session's data and model, the step, one task's loop, resume state, the run loop.
+
+Modules, each one concept: :mod:`.session` (data staged in memory, labels, the method's task
+data), :mod:`.step` (one optimizer step), :mod:`.schedule` (learning rate), :mod:`.task` (the
+epochs of one task), :mod:`.state` (checkpoint contents and resume), :mod:`.signals` (Ctrl-C),
+:mod:`.loop` (the task sequence and the run directory: :func:`train`).
+"""
+
+from .loop import train
+from .schedule import lr_at
+from .session import Session
+from .step import Diverged, StepInput, train_step
+
+__all__ = ["Diverged", "Session", "StepInput", "lr_at", "train", "train_step"]

@@ -1,0 +1,167 @@
+"""The training loop over a task sequence: ``factlearn train``.
+
+For each task: train on its images only (the data of finished tasks is gone), let the method
+compute its state from the task's images (MAS importance), evaluate every task's test split
+through the FAISS index, then write a checkpoint and metrics.json into the run directory.
+
+Interruptions cost at most ``train.checkpoint_every`` steps: mid-task checkpoints hold the model,
+the optimizer, the method's state, the RNG and the position in the task
+(:mod:`factlearn.training.state`), so ``--resume`` continues exactly where the checkpoint was
+taken: on CPU a killed and resumed run ends bit-identical to an uninterrupted one. Ctrl-C or
+SIGTERM stops after the current step, saving a checkpoint there (a second one stops at once). A
+checkpoint is never written from parameters that are no longer finite.
+
+Under torchrun every process runs this loop on its share of each global batch, with DDP over both
+towers; rank 0 alone writes and evaluates (:mod:`factlearn.distributed`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import Config
+from ..data.manifest import Dataset, load_dataset
+from ..data.splits import save_split
+from ..device import resolve_device
+from ..distributed import join_group, leave_group
+from ..errors import Interrupted, UserError
+from ..results import FILE as METRICS_FILE
+from ..results import PROTOCOLS, metrics_document
+from ..run import RunDir
+from .session import Session
+from .signals import StopRequest
+from .state import check_out_dir, restore, trainer_state
+from .step import Diverged, check_finite
+from .task import train_task
+
+logger = logging.getLogger(__name__)
+
+
+def train(
+    data_dir: str | Path,
+    cfg: Config,
+    out_dir: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+    resume: bool = False,
+) -> dict:
+    """Train ``cfg.method`` over the task sequence of ``data_dir``; returns metrics.json's content.
+
+    With ``resume`` an existing run directory continues from its last complete checkpoint (after a
+    task, or mid-task: ``train.checkpoint_every``). Without it, a directory holding more than the
+    files of a run that never reached its first checkpoint is refused, so nothing of value is
+    overwritten; so is a directory another process is training into. Ctrl-C (or SIGTERM) saves a
+    checkpoint at the current step and raises :class:`factlearn.errors.Interrupted`; a diverged
+    loss raises a UserError naming the last good checkpoint, which is kept.
+
+    Started by torchrun (``WORLD_SIZE`` > 1), every process calls this and they train together
+    (:mod:`factlearn.distributed`); rank 0 writes the run directory and returns the same document.
+    """
+    ctx, dev, owned = join_group(resolve_device(device))
+    try:
+        run = RunDir(out_dir)
+        fresh = ctx.agree(lambda: check_out_dir(run, resume))
+        dataset = ctx.agree(lambda: load_dataset(data_dir))
+        s = ctx.agree(lambda: Session(dataset, cfg, seed, dev, progress and ctx.is_main, ctx))
+        with ExitStack() as held:
+            def lock() -> None:  # rank 0 holds the run directory's lock for all of them
+                if ctx.is_main:
+                    run.path.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(run.lock())
+                    if check_out_dir(run, resume) != fresh:
+                        raise UserError(f"--out {run.path} was written to by another process while the data was loading")
+
+            ctx.agree(lock)
+            return _train(run, fresh, data_dir, dataset, s, cfg, seed, dev)
+    finally:
+        leave_group(owned)
+
+
+def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg: Config, seed: int,
+           dev: torch.device) -> dict:
+    ctx = s.dist  # rank 0 writes; the others wait for it where they could otherwise exit first
+    rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
+    start, partial = 0, None
+    if fresh:
+        if ctx.is_main:
+            run.write_config(cfg)
+            groups = dataset.groups()
+            run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
+            run.write_json("vocab.json", s.vocab.words[2:])
+            save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
+            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world)  # last: from now on the folder is a run
+    else:
+        start, rows, partial = ctx.agree(lambda: restore(run, s, cfg, seed))  # every rank reads it
+        if ctx.is_main:  # after every rank has read the checkpoints
+            if start:
+                _write_progress(run, s, cfg, rows, data_dir, seed, dev, start)  # a crash may have come before them
+            if partial is None:
+                run.clear_partials()  # none, or one of a task completed since: nothing to continue
+    last_good = run.checkpoint(s.tasks[start - 1].name) if start else None  # named when training diverges
+
+    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer) -> Path | None:
+        nonlocal last_good
+        check_finite(s.model, s.method, f"task {s.tasks[t].name} (step {done})")  # the same parameters on every rank
+        if ctx.is_main:
+            tensors, scalars = trainer_state(dev, opt)
+            state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
+                     "step": done, "rows": rows, "optimizer": scalars}
+            last_good = run.save_partial(s.tasks[t].name, done, s.model, s.method, state, tensors)
+        ctx.barrier()
+        return last_good
+
+    with StopRequest() as stop:
+        for t in range(start, len(s.tasks)):
+            name = s.tasks[t].name
+            try:
+                train_task(s, t, partial if t == start else None, functools.partial(save_partial, t), stop)
+                check_finite(s.model, s.method, f"the end of task {name}")
+            except Diverged as exc:
+                kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
+                raise ctx.error(f"{exc} Stopped; {kept}.") from None
+            if ctx.is_main:
+                for proto, result in s.evaluate(t + 1, PROTOCOLS).items():
+                    rows[proto].append(result)
+                tensors, _ = trainer_state(dev)
+                last_good = run.save_checkpoint(name, s.model, s.method,
+                                                {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)
+                run.clear_partials()
+                doc = _write_progress(run, s, cfg, rows, data_dir, seed, dev, t + 1)
+                final = doc["final"]
+                logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
+            else:
+                last_good = run.checkpoint(name)
+            ctx.barrier()
+            if ctx.any(stop.requested) and t + 1 < len(s.tasks):
+                raise Interrupted(f"stopped after task {name}; its checkpoint is complete. "
+                                  "Run the same command with --resume to continue.")
+    return run.read_json(METRICS_FILE)
+
+
+def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, data_dir, seed: int, dev: torch.device,
+                    completed: int) -> dict:
+    """metrics.json and run.json after ``completed`` tasks (written after the task's checkpoint)."""
+    doc = metrics_document(cfg.method.name, cfg.eval.protocol, [task.name for task in s.tasks], rows)
+    run.write_json(METRICS_FILE, doc)
+    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]], s.dist.world)
+    return doc
+
+
+def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str],
+                    processes: int) -> None:
+    run.write_json("run.json", {
+        "factlearn_version": __version__,
+        "data": str(Path(data_dir).resolve()),
+        "method": cfg.method.name,
+        "seed": seed,
+        "device": str(dev),
+        "processes": processes,  # ranks that trained the latest task together (the results do not depend on it)
+        "completed": done,
+    })

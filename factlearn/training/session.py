@@ -1,0 +1,133 @@
+"""The training session: everything a run holds in memory, and the data each stage trains on.
+
+A :class:`Session` decodes the data once, cuts the task sequence and the test images, builds the
+model and the method, and hands out per-task views of the data: the rows of a task, the labels
+with the wildcard rule, the :class:`factlearn.continual.TaskData` methods compute their state
+from, and the optimizer. The loop that trains a task is :mod:`factlearn.training.task`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..continual import Method, TaskData, create_method
+from ..data.images import load_images, to_model_input
+from ..data.manifest import Dataset
+from ..data.splits import Task, image_splits, load_tasks_file, make_split
+from ..distributed import SINGLE, Context
+from ..errors import UserError
+from ..evaluate import evaluate_tasks
+from ..facts import matches
+from ..losses import fact_loss
+from ..model import FactModel, Vocabulary, create_model
+
+
+class Session:
+    """Everything a run holds in memory: data (decoded once), split, model, method.
+
+    ``dist``: this process's rank among those training together (every rank holds all of it).
+    """
+
+    def __init__(self, dataset: Dataset, cfg: Config, seed: int, device: torch.device, progress: bool,
+                 dist: Context = SINGLE):
+        self.dataset, self.cfg, self.seed, self.device, self.progress = dataset, cfg, seed, device, progress
+        self.dist = dist
+        if cfg.split.tasks_file is not None:
+            self.tasks = load_tasks_file(cfg.split.tasks_file, dataset).tasks
+        else:
+            self.tasks = make_split(dataset, cfg.split.kind, cfg.split.tasks, cfg.split.seed)
+        self.is_test = image_splits(dataset, cfg.split.test_fraction, cfg.split.seed)
+        self.fact_ids = np.array(dataset.fact_ids())
+        for task in self.tasks:  # before anything is decoded or trained: a run never fails half-way for this
+            for test, what in ((False, "training"), (True, "test")):
+                if len(self.rows(task, test)) == 0:
+                    raise UserError(
+                        f"task {task.name} has no {what} images after the split ({len(task.facts)} facts; "
+                        "see the manifest's split column and split.test_fraction)"
+                    )
+        self.vocab = Vocabulary(dataset.facts.words())
+        self.tokens, self.slot_mask = self.vocab.encode(dataset.facts.facts)  # (F, 3, L), (F, 3)
+        with tqdm(total=len(dataset.records), desc="decode images", unit="img", disable=not progress, leave=False) as bar:
+            self.images = load_images([r.image for r in dataset.records], cfg.model.image_size, progress=bar.update)
+        torch.manual_seed(seed)
+        self.model: FactModel = create_model(cfg.model, self.vocab).to(device)
+        self.method: Method = create_method(cfg.method)
+
+    def rows(self, task: Task, test: bool) -> np.ndarray:
+        """Positions (in the data set) of ``task``'s test or training images."""
+        return np.flatnonzero(np.isin(self.fact_ids, task.facts) & (self.is_test == test))
+
+    def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """targets (N,): each row's fact as an index into ``facts``; exclude (F, F) bool: candidates
+        also true of a fact under the wildcard rule, either way (neither positives nor negatives)."""
+        table = self.dataset.facts
+        local = {f: i for i, f in enumerate(facts)}
+        targets = torch.tensor([local[f] for f in self.fact_ids[rows]], dtype=torch.long)
+        exclude = torch.tensor(
+            [[a != b and (matches(table[a], table[b]) or matches(table[b], table[a])) for b in facts] for a in facts]
+        )
+        return targets, exclude
+
+    def stage(self, t: int) -> Task:
+        """What training step t learns: task t, or for joint training the union of tasks 1..t."""
+        if not self.method.rehearses_all:
+            return self.tasks[t]
+        return Task(self.tasks[t].name, sorted(f for task in self.tasks[: t + 1] for f in task.facts))
+
+    def task_data(self, task: Task) -> TaskData:
+        """``task``'s training images and facts as a method sees them (importance, distillation),
+        at most ``method.max_importance_samples`` (a seeded subset), this rank's shard of them."""
+        rows = self.rows(task, test=False)
+        cap = self.cfg.method.max_importance_samples
+        if cap is not None and len(rows) > cap:
+            rows = np.sort(np.random.default_rng([self.seed, 7]).choice(rows, cap, replace=False))
+        rows = self.dist.take(rows)  # this rank's shard; TaskData.mean combines the shards' sums
+        targets, exclude = self.labels(task.facts, rows)
+        fact_tokens = self.tokens[task.facts].to(self.device)
+        fact_mask = self.slot_mask[task.facts].to(self.device)
+
+        def labeled(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(rows), batch_size):
+                tg = targets[start : start + batch_size]
+                yield (
+                    to_model_input(self.images[rows[start : start + batch_size]].to(self.device)),
+                    tg.to(self.device),
+                    exclude[tg].to(self.device),
+                )
+
+        def loss(img: torch.Tensor, fact: torch.Tensor, tg: torch.Tensor, exc: torch.Tensor) -> torch.Tensor:
+            return fact_loss(img, fact, fact_mask, tg, exc, self.cfg.loss)
+
+        def batches(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(rows), batch_size):
+                idx = rows[start : start + batch_size]
+                fids = torch.from_numpy(self.fact_ids[idx])
+                yield (
+                    to_model_input(self.images[idx].to(self.device)),
+                    self.tokens[fids].to(self.device),
+                    self.slot_mask[fids].to(self.device),
+                )
+
+        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss, shard=self.dist)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimizer over the trainable parameters (each task starts with a fresh one)."""
+        cfg = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def evaluate(self, trained: int, protocols: Sequence[str]) -> dict[str, dict[str, dict]]:
+        """protocol -> every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat
+        index; the test images are embedded once for all protocols."""
+        rows = np.flatnonzero(self.is_test)
+        return evaluate_tasks(
+            self.model, self.dataset.facts, self.tasks, self.images[rows], self.fact_ids[rows], trained,
+            list(protocols), self.cfg.eval.batch_size,
+        )

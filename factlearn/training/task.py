@@ -1,0 +1,95 @@
+"""Training one task: the epochs, the learning-rate schedule, mid-task checkpoints and stopping.
+
+The epoch order is drawn from a generator seeded by (seed, task, epoch) and the learning rate is a
+pure function of the step (:func:`factlearn.training.schedule.lr_at`), so a task continued from a
+mid-task checkpoint takes exactly the steps an uninterrupted one takes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.images import to_model_input
+from ..distributed import data_parallel
+from ..errors import Interrupted
+from .schedule import lr_at, task_steps
+from .session import Session
+from .signals import StopRequest
+from .state import Partial, load_optimizer, set_rng_state
+from .step import StepInput, train_step
+
+
+def train_task(
+    s: Session,
+    t: int,
+    resume: Partial | None = None,
+    save: Callable[[int, int, int, torch.optim.Optimizer], Path] | None = None,
+    stop: StopRequest | None = None,
+) -> None:
+    """Train task t of session ``s`` from its start, or from the mid-task checkpoint ``resume``;
+    the method's ``before_task`` / ``after_task`` hooks frame it.
+
+    ``save(epoch, batch, steps_done, optimizer)`` writes a mid-task checkpoint at that position
+    (the next step to take). It is called every ``train.checkpoint_every`` steps, and when
+    ``stop`` is requested (Ctrl-C), after which :class:`Interrupted` is raised.
+
+    ``train.batch_size`` is the global batch: with several ranks each takes its share of it
+    (``batch[rank::world]``) and DDP averages the gradients, so the steps are those of one process.
+    """
+    task, cfg, model = s.tasks[t], s.cfg.train, s.model
+    stage = s.stage(t)  # the task itself, or the union so far for joint training
+    rows = s.rows(stage, test=False)
+    targets_all, exclude_all = s.labels(stage.facts, rows)  # (N,), (F_t, F_t)
+    fact_tokens = s.tokens[stage.facts].to(s.device)
+    fact_mask = s.slot_mask[stage.facts].to(s.device)
+    opt = s.optimizer()
+    s.method.before_task(model, s.task_data(task))
+    first_epoch = first_batch = 0
+    if resume is not None:
+        # After before_task: the checkpoint holds the method's mid-task state (SI's path integral).
+        s.method.load_state_dict(resume.method, s.device)
+        load_optimizer(opt, resume.trainer, resume.optimizer, resume.folder)
+        set_rng_state(resume.trainer, s.device)
+        first_epoch, first_batch = resume.epoch, resume.batch
+    model.train()
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total_steps = task_steps(len(rows), cfg.batch_size, cfg.epochs)
+    done = first_epoch * steps_per_epoch + first_batch
+    bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not s.progress)
+    try:
+        with data_parallel(model, s.dist, cfg.sync_batch_norm) as forward:
+            for epoch in range(first_epoch, cfg.epochs):
+                gen = torch.Generator().manual_seed(s.seed * 1_000_003 + t * 1009 + epoch)
+                order = torch.randperm(len(rows), generator=gen)
+                for batch in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
+                    sel = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # the global batch
+                    mine = s.dist.take(sel)
+                    x = to_model_input(s.images[rows[mine.numpy()]].to(s.device))
+                    targets = targets_all[mine].to(s.device)
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
+                    batch_in = StepInput(x, targets, exclude_all[targets_all[mine]].to(s.device), fact_tokens,
+                                         fact_mask, s.dist.share(len(mine), len(sel)))
+                    loss, penalty = train_step(model, s.method, opt, forward, batch_in, s.cfg.loss, s.dist,
+                                               f"task {task.name} (step {done + 1})")
+                    done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
+                    if save is None:
+                        continue
+                    position = (epoch, batch + 1) if batch + 1 < steps_per_epoch else (epoch + 1, 0)
+                    if s.dist.any(stop is not None and stop.requested):
+                        folder = save(*position, done, opt)
+                        raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; "
+                                          f"checkpoint {folder}. Run the same command with --resume to continue "
+                                          "from there.")
+                    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+                        save(*position, done, opt)
+    finally:
+        bar.close()
+    s.method.after_task(model, s.task_data(task))
