@@ -4,18 +4,24 @@ The world stands in for real fact data sets (6DS, Sherlock) so that everything r
 every image shows one fact of shapes, colours, textures, sizes and spatial relations, and the
 same seed and options give byte-identical files. Read it in this order:
 
-* :mod:`.vocabulary`: the world's words, which facts they make, their semantic groups and the
-  seeded sample of facts (:func:`sample_facts`);
+* :mod:`.vocabulary`: the world's words, which facts they make, their semantic groups (and the
+  opt-in topic group) and the seeded sample of facts (:func:`sample_facts`);
 * :mod:`.shapes`: the geometry of the shapes;
+* :mod:`.styles`: rendering styles, the same scenes under another condition;
 * :mod:`.render`: one image of one fact (:func:`render_image`) and the difficulty knobs;
+* :mod:`.disjoint`: the facts of other worlds that ``--exclude`` leaves out, and the check that
+  two worlds share none (:func:`world_facts`, :func:`shared_facts`);
 * :mod:`.world`: a whole world written as a data directory (:func:`generate_world`, what
-  ``factlearn synth`` runs) and its size presets.
+  ``factlearn synth`` runs) and its presets, the pretraining world ``base`` among them.
 """
 
+from .disjoint import shared_facts, world_facts
 from .render import KNOBS, render_image
-from .vocabulary import (ANGULAR_SHAPES, COLOURS, CONVERSE, RELATIONS, ROUND_SHAPES, SHAPES, SIZES, TEXTURES,
-                         fact_group, max_facts, sample_facts)
+from .styles import STYLES
+from .vocabulary import (ANGULAR_SHAPES, COLOURS, CONVERSE, RELATIONS, ROUND_SHAPES, SHAPES, SIZES, TEXTURES, TOPIC,
+                         TOPIC_SHAPES, converse, fact_group, max_facts, sample_facts, topic_count)
 from .world import PRESETS, generate_world
 
 __all__ = ["ANGULAR_SHAPES", "COLOURS", "CONVERSE", "KNOBS", "PRESETS", "RELATIONS", "ROUND_SHAPES", "SHAPES",
-           "SIZES", "TEXTURES", "fact_group", "generate_world", "max_facts", "render_image", "sample_facts"]
+           "SIZES", "STYLES", "TEXTURES", "TOPIC", "TOPIC_SHAPES", "converse", "fact_group", "generate_world",
+           "max_facts", "render_image", "sample_facts", "shared_facts", "topic_count", "world_facts"]

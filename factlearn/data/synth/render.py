@@ -5,7 +5,8 @@ the fact's shapes), ``noise`` (background tint, background texture and pixel noi
 shifts), ``jitter`` (position, scale and rotation spread), ``occlusion`` (probability of a bar
 partly covering the subject).
 
-Image ``i`` draws its randomness from ``default_rng([seed, 1, i])`` alone, so any process can
+Image ``i`` draws its randomness from ``default_rng([seed, 1, i])`` alone (and a rendering style
+other than ``clean`` from ``default_rng([seed, 2, i])``, see :mod:`.styles`), so any process can
 render any image.
 """
 
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ...facts import Fact
 from .shapes import draw_mask, hollow, radius, rotation
+from .styles import restyle_background, restyle_image
 from .vocabulary import COLOURS, MEDIUM, NEUTRALS, SHAPES, SIZES, TEXTURES
 
 KNOBS = ("clutter", "noise", "jitter", "occlusion")  # the difficulty knobs (module docstring)
@@ -44,15 +46,18 @@ class _Item:
         return self.half * radius(self.shape)
 
 
-def render_image(fact: Fact, seed: int, index: int, size: int, knobs: dict[str, float]) -> Image.Image:
+def render_image(fact: Fact, seed: int, index: int, size: int, knobs: dict[str, float],
+                 style: str = "clean") -> Image.Image:
     """Render image ``index`` of ``fact``: a ``size`` x ``size`` RGB image.
 
-    The randomness comes only from ``default_rng([seed, 1, index])``, so any process can render
-    any image. ``knobs`` maps each of ``KNOBS`` to a value in [0, 1].
+    The randomness comes only from ``default_rng([seed, 1, index])`` (and, for the style,
+    ``default_rng([seed, 2, index])``), so any process can render any image. ``knobs`` maps
+    each of ``KNOBS`` to a value in [0, 1]; ``style`` is one of :data:`.styles.STYLES`.
     """
     rng = np.random.default_rng([seed, 1, index])
+    style_rng = np.random.default_rng([seed, 2, index])  # a style leaves the scene's draws alone
     side = size * _SUPERSAMPLE
-    img = Image.fromarray(_background(rng, side, knobs["noise"]), "RGB")
+    img = Image.fromarray(restyle_background(style, _background(rng, side, knobs["noise"]), style_rng), "RGB")
     items = _layout(rng, fact, knobs)
     distractors = _distractors(rng, items, knobs["clutter"])
     for item in distractors + items:
@@ -64,7 +69,7 @@ def render_image(fact: Fact, seed: int, index: int, size: int, knobs: dict[str, 
     if sigma > 0:
         pixels = np.asarray(img, np.float32) + rng.normal(0.0, sigma, (size, size, 3))
         img = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
-    return img
+    return restyle_image(style, img, style_rng)
 
 
 def _background(rng: np.random.Generator, side: int, noise: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A shape is a list of polygons drawn in order (fills and cuts), centred on its bounding box and
 scaled to a half-extent of 1 (coordinates in half-extents, y pointing down). The names are the
-:data:`factlearn.data.synth.vocabulary.SHAPES`.
+:data:`factlearn.data.synth.vocabulary.SHAPES` and ``TOPIC_SHAPES``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,41 @@ def _teardrop() -> np.ndarray:
     return np.vstack([apex[None], arc])
 
 
+def _gear(teeth: int = 8) -> np.ndarray:
+    step = 2 * math.pi / teeth
+    pts = []
+    for i in range(teeth):  # root, flank up, tooth top, flank down: a tooth over half of each step
+        a = i * step
+        pts += [(0.72, a), (1.0, a + 0.08 * step), (1.0, a + 0.42 * step), (0.72, a + 0.5 * step)]
+    return np.array([(r * math.cos(a), r * math.sin(a)) for r, a in pts])
+
+
+def _petals(n: int, dist: float, rx: float, ry: float) -> list[np.ndarray]:
+    """``n`` ellipses around the centre, each pointing outwards."""
+    out = []
+    for i in range(n):
+        rot = rotation(-math.pi / 2 + i * 2 * math.pi / n)
+        out.append(_arc(dist, 0, rx, ry, n=32) @ rot.T)
+    return out
+
+
+def _bars(n: int, length: float, half_width: float, at: float = 0.0) -> list[np.ndarray]:
+    """``n`` rectangles across the centre line at distance ``at`` (0: bars through the centre)."""
+    bar = np.array([[at - half_width, -length], [at + half_width, -length],
+                    [at + half_width, length], [at - half_width, length]])
+    return [bar @ rotation(i * math.pi / n).T for i in range(n)]
+
+
+def _rays(n: int, r0: float, r1: float, half_angle: float) -> list[np.ndarray]:
+    out = []
+    for i in range(n):
+        a = -math.pi / 2 + i * 2 * math.pi / n
+        out.append(np.array([[r0 * math.cos(a - half_angle), r0 * math.sin(a - half_angle)],
+                             [r1 * math.cos(a), r1 * math.sin(a)],
+                             [r0 * math.cos(a + half_angle), r0 * math.sin(a + half_angle)]]))
+    return out
+
+
 def rotation(angle: float) -> np.ndarray:
     """The (2, 2) matrix that turns points (as rows, ``pts @ R.T``) by ``angle`` radians."""
     c, s = math.cos(angle), math.sin(angle)
@@ -73,6 +108,13 @@ def _raw_shapes() -> dict[str, list[tuple[bool, np.ndarray]]]:
                                    [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]], float))],
         "arrow": [(True, np.array([[-1, -0.22], [0.1, -0.22], [0.1, -0.65], [1, 0], [0.1, 0.65],
                                    [0.1, 0.22], [-1, 0.22]], float))],
+        # The topic shapes: ornate, with many points or petals around a centre.
+        "gear": [(True, _gear()), (False, _arc(0, 0, 0.28, 0.28))],
+        "flower": [(True, p) for p in _petals(6, 0.55, 0.45, 0.26)] + [(True, _arc(0, 0, 0.35, 0.35))],
+        "sun": [(True, _arc(0, 0, 0.55, 0.55))] + [(True, r) for r in _rays(10, 0.68, 1.0, 0.16)],
+        "snowflake": [(True, b) for b in _bars(3, 1.0, 0.13)] + [(True, _regular(6, 0.3))]
+                     + [(True, _bars(1, 0.24, 0.09, at=0.68)[0] @ rotation(math.pi / 6 + i * math.pi / 3).T)
+                        for i in range(6)],  # a crossbar on each arm
     }
 
 

@@ -23,13 +23,20 @@ Semantic groups (the ``group`` column of the manifest), for semantic task splits
 * <S,P>: the attribute family: "colour", "texture" or "size";
 * <S,P,O>: "relation".
 
-The fact list comes from ``default_rng([seed, 0])`` alone.
+The topic group (opt-in, ``topic=True``): about a tenth of the facts (:data:`TOPIC_FRACTION`)
+have as subject one of the :data:`TOPIC_SHAPES`, ornate shapes (gear, flower, sun, snowflake)
+that no other fact and no distractor shows, all with many small points or petals around a
+centre. They share that trait in the pixels, as the sports facts of 6DS share fields and balls,
+and their group is "topic" whatever their order.
+
+The fact list comes from ``default_rng([seed, 0])`` alone (topic facts: ``default_rng([seed, 0, 1])``).
+Without ``exclude`` and ``topic`` it is the same as before either existed.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -59,6 +66,11 @@ CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "bel
 CONTAINERS = ("circle", "ring", "oval", "half circle", "heart", "teardrop", "cloud",
               "square", "triangle", "diamond", "pentagon", "hexagon")
 
+# The topic group's subjects: never in SHAPES, so worlds without the topic never show them.
+TOPIC_SHAPES = ("gear", "flower", "sun", "snowflake")
+TOPIC_FRACTION = 0.1  # share of a world's facts in the topic group
+TOPIC = "topic"  # the topic group's name in the manifest
+
 ORDER_WEIGHTS = (0.25, 0.40, 0.35)  # <S>, <S,P>, <S,P,O>, roughly as in real fact data
 FAMILY_WEIGHTS = {"colour": 0.45, "texture": 0.35, "size": 0.20}
 FAMILIES = {"colour": tuple(COLOURS), "texture": TEXTURES, "size": tuple(SIZES)}
@@ -66,6 +78,8 @@ FAMILIES = {"colour": tuple(COLOURS), "texture": TEXTURES, "size": tuple(SIZES)}
 
 def fact_group(fact: Fact) -> str:
     """The semantic group of a shape-world fact (see the module docstring)."""
+    if fact.subject in TOPIC_SHAPES:
+        return TOPIC
     if fact.order == 1:
         return "round shapes" if fact.subject in ROUND_SHAPES else "angular shapes"
     if fact.order == 2:
@@ -73,56 +87,98 @@ def fact_group(fact: Fact) -> str:
     return "relation"
 
 
-def _relation_pools() -> dict[str, list[Fact]]:
+def converse(fact: Fact) -> Fact | None:
+    """The fact that shows the same picture (<b, right of, a> for <a, left of, b>), or None."""
+    if fact.object is None or fact.predicate not in CONVERSE:
+        return None
+    return Fact(fact.object, CONVERSE[fact.predicate], fact.subject)
+
+
+def _relation_pools(subjects: Sequence[str]) -> dict[str, list[Fact]]:
     """Every <S,P,O> fact per relation; S and O differ so that the picture says which is which."""
-    return {rel: [Fact(s, rel, o) for s in SHAPES for o in (CONTAINERS if rel == "inside" else SHAPES) if s != o]
+    return {rel: [Fact(s, rel, o) for s in subjects for o in (CONTAINERS if rel == "inside" else SHAPES) if s != o]
             for rel in RELATIONS}
 
 
-def _capacity() -> tuple[int, int, int]:
-    """How many distinct facts of each order the world can show (a fact and its converse
-    show the same picture, so a converse pair counts once)."""
-    # Count one relation of each converse pair ("left of", not also "right of").
-    n_rel = sum(len(p) for r, p in _relation_pools().items() if r not in CONVERSE or r < CONVERSE[r])
-    return len(SHAPES), len(SHAPES) * sum(len(p) for p in FAMILIES.values()), n_rel
+def _distinct(facts: Iterable[Fact]) -> int:
+    """How many distinct pictures ``facts`` show: a fact and its converse count once."""
+    return len({min(f.slots, c.slots) if (c := converse(f)) else f.slots for f in facts})
 
 
 def max_facts() -> int:
-    """The most facts :func:`sample_facts` can return."""
-    return sum(_capacity())
+    """The most facts :func:`sample_facts` can return (without ``exclude``)."""
+    return sum(_Pools(SHAPES, lambda f: True).capacity)
 
 
-def sample_facts(n_facts: int, seed: int = 0) -> list[tuple[Fact, str]]:
+def topic_count(n_facts: int) -> int:
+    """How many of ``n_facts`` facts are in the topic group (at least one)."""
+    return max(1, int(TOPIC_FRACTION * n_facts + 0.5))
+
+
+def sample_facts(n_facts: int, seed: int = 0, *, exclude: Iterable[Fact] = (),
+                 topic: bool = False) -> list[tuple[Fact, str]]:
     """Sample ``n_facts`` distinct facts of all three orders, deterministically from ``seed``.
 
     Args:
         n_facts: number of facts, at least 3 so that every order is present.
         seed: non-negative integer.
+        exclude: facts never to sample, nor their converses (which show the same picture).
+            Orders whose facts are all excluded are left out.
+        topic: make :func:`topic_count` of the facts topic facts (:data:`TOPIC_SHAPES` as subject).
 
     Returns:
         ``(fact, group)`` pairs in :meth:`FactTable.from_facts` order.
 
     Raises:
-        UserError: if the world cannot show that many distinct facts.
+        UserError: if the world (less ``exclude``) cannot show that many distinct facts.
     """
     if n_facts < 3:
         raise ValueError(f"need at least 3 facts to cover the three orders, got {n_facts}")
-    limit = max_facts()
-    if n_facts > limit:
-        raise UserError(f"--facts must be at most {limit}: the shape world has no more distinct facts")
-    rng = np.random.default_rng([seed, 0])
-    n1, n2, n3 = _allocate(n_facts, ORDER_WEIGHTS, _capacity(), minimum=1)
+    banned = set(exclude)
+    banned |= {c for f in banned if (c := converse(f)) is not None}
 
-    facts = [Fact(s) for s in _shuffled(rng, SHAPES)[:n1]]
-    fam_counts = _allocate(n2, tuple(FAMILY_WEIGHTS.values()),
-                           tuple(len(SHAPES) * len(FAMILIES[f]) for f in FAMILY_WEIGHTS), minimum=0)
-    for family, k in zip(FAMILY_WEIGHTS, fam_counts):
-        pools = {p: [Fact(s, p) for s in _shuffled(rng, SHAPES)] for p in FAMILIES[family]}
-        facts += _round_robin(rng, pools, k)
-    pools = {r: _shuffled(rng, pool) for r, pool in _relation_pools().items()}
-    facts += _round_robin(rng, pools, n3)
+    def keep(fact: Fact) -> bool:
+        return fact not in banned
+
+    n_topic = topic_count(n_facts) if topic else 0
+    regular, topical = _Pools(SHAPES, keep), _Pools(TOPIC_SHAPES, keep)
+    limit = sum(regular.capacity) + (min(n_topic, sum(topical.capacity)) if topic else 0)
+    if n_facts > limit or n_topic > sum(topical.capacity):
+        where = " outside the excluded worlds" if banned else ""
+        raise UserError(f"--facts must be at most {limit}: the shape world has no more distinct facts{where}")
+    facts = regular.draw(np.random.default_rng([seed, 0]), n_facts - n_topic)
+    if topic:
+        facts += topical.draw(np.random.default_rng([seed, 0, 1]), n_topic)
     table = FactTable.from_facts(facts)
     return [(f, fact_group(f)) for f in table.facts]
+
+
+class _Pools:
+    """Every fact with a subject from ``subjects`` that ``keep`` accepts, per order."""
+
+    def __init__(self, subjects: Sequence[str], keep: Callable[[Fact], bool]) -> None:
+        self.subjects, self.keep = subjects, keep
+        kept = [Fact(s) for s in subjects if keep(Fact(s))]
+        self.family_caps = tuple(sum(keep(Fact(s, p)) for s in subjects for p in FAMILIES[f]) for f in FAMILY_WEIGHTS)
+        relations = [f for pool in _relation_pools(subjects).values() for f in pool if keep(f)]
+        self.capacity = (len(kept), sum(self.family_caps), _distinct(relations))
+
+    def draw(self, rng: np.random.Generator, n_facts: int) -> list[Fact]:
+        """``n_facts`` facts, the orders in proportion to :data:`ORDER_WEIGHTS` within the capacity.
+
+        Every pool is shuffled whole and then filtered, so that ``rng`` is drawn from the same
+        way whatever ``keep`` removes (without exclusions, the sample of earlier versions)."""
+        n1, n2, n3 = _allocate(n_facts, ORDER_WEIGHTS, self.capacity, minimum=1)
+        facts = self._kept(rng, [Fact(s) for s in self.subjects])[:n1]
+        fam_counts = _allocate(n2, tuple(FAMILY_WEIGHTS.values()), self.family_caps, minimum=0)
+        for family, k in zip(FAMILY_WEIGHTS, fam_counts):
+            pools = {p: self._kept(rng, [Fact(s, p) for s in self.subjects]) for p in FAMILIES[family]}
+            facts += _round_robin(rng, pools, k)
+        pools = {r: self._kept(rng, pool) for r, pool in _relation_pools(self.subjects).items()}
+        return facts + _round_robin(rng, pools, n3)
+
+    def _kept(self, rng: np.random.Generator, facts: list[Fact]) -> list[Fact]:
+        return [f for f in _shuffled(rng, facts) if self.keep(f)]
 
 
 def _shuffled(rng: np.random.Generator, items: Sequence[T]) -> list[T]:
@@ -169,9 +225,8 @@ def _round_robin(rng: np.random.Generator, pools: dict[str, list[Fact]], k: int)
         for p in names:
             while queues[p]:
                 fact = queues[p].pop(0)
-                if fact.object is not None and fact.predicate in CONVERSE:
-                    if Fact(fact.object, CONVERSE[fact.predicate], fact.subject) in seen:
-                        continue
+                if converse(fact) in seen:
+                    continue
                 taken.append(fact)
                 seen.add(fact)
                 progressed = True

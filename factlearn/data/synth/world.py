@@ -3,6 +3,11 @@
 Determinism: the fact list comes from ``default_rng([seed, 0])`` and image ``i`` from
 ``default_rng([seed, 1, i])``, so the output does not depend on the number of worker processes;
 the same arguments give byte-identical files.
+
+Opt-in variants, each leaving the default world's bytes as they were: the ``base`` preset with
+``exclude`` (a pretraining world sharing no fact with the excluded worlds, :mod:`.disjoint`), a
+rendering ``style`` (the same facts and splits under another condition, :mod:`.styles`) and the
+``topic`` group (:mod:`.vocabulary`). ``world.json`` records each only when it is used.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,26 +25,33 @@ from ...errors import UserError
 from ...facts import Fact
 from ...io import atomic_dir, atomic_write_json
 from ..manifest import ManifestRow, write_manifest
+from .disjoint import excluded_facts
 from .render import KNOBS, render_image
-from .vocabulary import sample_facts
+from .styles import check_style
+from .vocabulary import TOPIC, TOPIC_SHAPES, sample_facts
 
 logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict] = {
     # The CPU demo: 3,840 images, generated in seconds; 80 per fact keep the test split large
     # enough (~1,150 images) that a few points of accuracy are signal, not noise.
-    "small": dict(facts=48, images_per_fact=80, size=64, test_fraction=0.3,
+    "small": dict(seed=0, facts=48, images_per_fact=80, size=64, test_fraction=0.3,
                   clutter=0.3, noise=0.3, jitter=0.5, occlusion=0.2),
     # The scale of 6DS: 186 facts, ~28,000 images, half of them for testing.
-    "6ds": dict(facts=186, images_per_fact=150, size=64, test_fraction=0.5,
+    "6ds": dict(seed=0, facts=186, images_per_fact=150, size=64, test_fraction=0.5,
                 clutter=0.3, noise=0.3, jitter=0.5, occlusion=0.2),
+    # A pretraining world, as ImageNet is for the reference's VGG16: the same renderer and
+    # vocabulary, more facts (400 of the 970 that remain once a 6ds world is excluded) and
+    # images (20,000); its own seed, so that even its images' noise is not a continual world's.
+    "base": dict(seed=1000, facts=400, images_per_fact=50, size=64, test_fraction=0.1,
+                 clutter=0.3, noise=0.3, jitter=0.5, occlusion=0.2),
 }
 
 
 def generate_world(
     out_dir: str | os.PathLike,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     facts: int | None = None,
     images_per_fact: int | None = None,
     size: int | None = None,
@@ -49,6 +61,9 @@ def generate_world(
     noise: float | None = None,
     jitter: float | None = None,
     occlusion: float | None = None,
+    style: str = "clean",
+    topic: bool = False,
+    exclude: Sequence[str | os.PathLike] = (),
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -56,10 +71,15 @@ def generate_world(
 
     Args:
         out_dir: a new or empty directory; an existing non-empty one is never overwritten.
-        seed: non-negative integer; the same seed and arguments give byte-identical files.
+        seed: non-negative integer (None: the preset's, 0 but for ``base``); the same seed and
+            arguments give byte-identical files.
         facts, images_per_fact, size, test_fraction, clutter, noise, jitter, occlusion:
             override the preset's values (None keeps the preset's).
         preset: a key of :data:`PRESETS`.
+        style: a rendering style of :data:`.styles.STYLES`; any style gives the same facts,
+            manifest rows and splits as ``clean``, in other pixels.
+        topic: make about a tenth of the facts the "topic" group (:data:`.vocabulary.TOPIC_SHAPES`).
+        exclude: data directories none of whose facts (nor their converses) the world may show.
         workers: processes that render images (default ``os.cpu_count()``); does not change
             the output.
         progress: called as ``progress(n_done, n_total)`` as images are written.
@@ -69,22 +89,27 @@ def generate_world(
         ``groups`` (facts per group), ``images``, ``train``, ``test``.
 
     Raises:
-        UserError: for a bad option or an ``out_dir`` that is not empty.
+        UserError: for a bad option, an unreadable ``exclude`` world or an ``out_dir`` that is
+            not empty.
     """
     if preset not in PRESETS:
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    given = dict(facts=facts, images_per_fact=images_per_fact, size=size, test_fraction=test_fraction,
+    check_style(style)
+    given = dict(seed=seed, facts=facts, images_per_fact=images_per_fact, size=size, test_fraction=test_fraction,
                  clutter=clutter, noise=noise, jitter=jitter, occlusion=occlusion)
     opts = {k: (PRESETS[preset][k] if v is None else v) for k, v in given.items()}
     workers = (os.cpu_count() or 1) if workers is None else workers
-    _check_options(seed, opts, workers)
-    seed = int(seed)  # numpy integers pass the checks but not json.dumps
+    _check_options(opts, workers)
+    seed = int(opts.pop("seed"))  # numpy integers pass the checks but not json.dumps
     opts.update({k: int(opts[k]) for k in ("facts", "images_per_fact", "size")})
     opts.update({k: float(opts[k]) for k in ("test_fraction", *KNOBS)})
     out = Path(out_dir)
     _check_out_dir(out)
 
-    world_facts = sample_facts(opts["facts"], seed)
+    banned, excluded = excluded_facts(exclude)
+    if preset == "base" and not exclude:
+        logger.warning("the base world excludes no world (--exclude WORLD_DIR): it may share facts with any")
+    world_facts = sample_facts(opts["facts"], seed, exclude=banned, topic=topic)
     n_img, n_total = opts["images_per_fact"], opts["images_per_fact"] * len(world_facts)
     n_test = min(max(int(opts["test_fraction"] * n_img + 0.5), 1), n_img - 1)
     width = max(6, len(str(n_total - 1)))
@@ -94,7 +119,7 @@ def generate_world(
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         jobs = [(i * n_img + j, f.slots) for i, (f, _) in enumerate(world_facts) for j in range(n_img)]
-        _render_all(tmp / "images", seed, opts["size"], knobs, jobs, width, workers, progress)
+        _render_all(tmp / "images", seed, opts["size"], knobs, style, jobs, width, workers, progress)
         write_manifest(tmp, [ManifestRow(f"images/{i * n_img + j:0{width}d}.png", f, group,
                                          "test" if j >= n_img - n_test else "train")
                              for i, (f, group) in enumerate(world_facts) for j in range(n_img)])
@@ -102,6 +127,7 @@ def generate_world(
         world = {"generator": "factlearn.data.synth", "version": 1, "seed": seed, "preset": preset,
                  **{k: opts[k] for k in ("images_per_fact", "size", "test_fraction")},
                  "knobs": knobs, "counts": counts,  # counts["facts"]: the number of facts
+                 **_variants(preset, style, topic, counts, excluded),
                  "facts": [{"subject": f.subject, "predicate": f.predicate, "object": f.object,
                             "group": g} for f, g in world_facts]}
         atomic_write_json(tmp / "world.json", world)
@@ -109,10 +135,24 @@ def generate_world(
     return {"out_dir": str(out), **counts}
 
 
-def _check_options(seed: int, opts: dict, workers: int) -> None:
+def _variants(preset: str, style: str, topic: bool, counts: dict, excluded: dict) -> dict:
+    """The world.json keys of the opt-in variants, absent when unused (so default worlds keep
+    their bytes): absent ``style`` means clean, absent ``topic`` no topic group."""
+    out: dict = {}
+    if style != "clean":
+        out["style"] = style
+    if topic:
+        out["topic"] = {"group": TOPIC, "shapes": list(TOPIC_SHAPES), "facts": counts["groups"][TOPIC]}
+    if preset == "base" or excluded["worlds"]:
+        out["exclude"] = excluded
+    return out
+
+
+def _check_options(opts: dict, workers: int) -> None:
     def is_int(v: object) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
+    seed = opts["seed"]
     if not is_int(seed) or seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
     for name, low in (("facts", 4), ("images_per_fact", 2), ("size", 24)):
@@ -154,7 +194,7 @@ def _counts(world_facts: list[tuple[Fact, str]], n_images: int, n_test: int) -> 
             "images": n_images, "train": n_images - n_test, "test": n_test}
 
 
-def _render_all(images: Path, seed: int, size: int, knobs: dict[str, float],
+def _render_all(images: Path, seed: int, size: int, knobs: dict[str, float], style: str,
                 jobs: list[tuple[int, tuple]], width: int, workers: int,
                 progress: Callable[[int, int], None] | None) -> None:
     total = len(jobs)
@@ -163,22 +203,23 @@ def _render_all(images: Path, seed: int, size: int, knobs: dict[str, float],
     done = 0
     if workers == 1 or len(chunks) == 1:
         for part in chunks:
-            done += _render_chunk(str(images), seed, size, knobs, part, width)
+            done += _render_chunk(str(images), seed, size, knobs, style, part, width)
             if progress:
                 progress(done, total)
         return
     with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-        futures = [pool.submit(_render_chunk, str(images), seed, size, knobs, part, width) for part in chunks]
+        futures = [pool.submit(_render_chunk, str(images), seed, size, knobs, style, part, width)
+                   for part in chunks]
         for fut in as_completed(futures):
             done += fut.result()
             if progress:
                 progress(done, total)
 
 
-def _render_chunk(images: str, seed: int, size: int, knobs: dict[str, float],
+def _render_chunk(images: str, seed: int, size: int, knobs: dict[str, float], style: str,
                   jobs: list[tuple[int, tuple]], width: int) -> int:
     for index, slots in jobs:
-        img = render_image(Fact(*slots), seed, index, size, knobs)
+        img = render_image(Fact(*slots), seed, index, size, knobs, style)
         # No metadata and no optimiser pass: the PNG bytes depend on the pixels only.
         img.save(os.path.join(images, f"{index:0{width}d}.png"), format="PNG", optimize=False)
     return len(jobs)
