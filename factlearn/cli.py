@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from .cli_data import data, split, synth
+from .cli_options import SEED, FiniteFloat
 from .errors import UserError
 
 # the keys of factlearn.continual.METHODS, listed here so --help does not import torch
@@ -44,21 +45,6 @@ class Group(click.Group):
             ctx.exit(130)
 
 
-# Seeds feed numpy and torch generators: non-negative and within 32 bits.
-SEED = click.IntRange(0, 2**32 - 1)
-
-
-class FiniteFloat(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (which pass its comparisons)."""
-
-    def convert(self, value, param, ctx):
-        """The number, refused when it is nan or infinite."""
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
 @click.group(cls=Group)
 @click.version_option(package_name="factlearn")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
@@ -67,152 +53,6 @@ def main(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     # Under torchrun the other ranks log errors only: rank 0 speaks for all of them.
     logging.basicConfig(level=level if _rank() == 0 else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-
-
-@main.command()
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["small", "6ds"]), default="small", show_default=True, help="World size preset.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--facts", type=int, default=None, help="Number of facts (default: the preset's).")
-@click.option("--images-per-fact", type=int, default=None, help="Images per fact (default: the preset's).")
-@click.option("--size", type=int, default=None, help="Image side in pixels (default: the preset's).")
-@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-def synth(out_dir: Path, preset: str, seed: int, facts, images_per_fact, size, workers) -> None:
-    """Render the built-in world of fact images into OUT_DIR (same seed, same bytes)."""
-    from tqdm import tqdm
-
-    from .data.synth import generate_world
-
-    with tqdm(desc="render", unit="img") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        summary = generate_world(out_dir, seed=seed, facts=facts, images_per_fact=images_per_fact, size=size,
-                                 preset=preset, workers=workers, progress=progress)
-    click.echo(f"wrote {out_dir}: {json.dumps(summary)}")
-
-
-@main.group()
-def data() -> None:
-    """Bring fact data sets into factlearn's manifest format (see data/README.md)."""
-
-
-@data.group(name="import")
-def import_() -> None:
-    """Import a data set into a new data directory: manifest.jsonl, images/, import.json.
-
-    Every row is validated and every image decoded. The first bad row is an error naming its
-    file and line; with --skip-bad, bad rows are skipped and counted per reason. The output is
-    built next to OUT_DIR and renamed at the end; a non-empty OUT_DIR is refused.
-    """
-
-
-SKIP_BAD = click.option("--skip-bad", is_flag=True, help="Skip bad rows (reported per reason) instead of failing.")
-WORKERS = click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads that decode images.")
-LINK = click.option("--link", is_flag=True, help="Hard-link images instead of copying them (same file system).")
-
-
-@import_.command(name="manifest")
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@SKIP_BAD
-@LINK
-@WORKERS
-def import_manifest_cmd(src, out_dir, skip_bad, link, workers) -> None:
-    """Validate a generic manifest (SRC: data directory or manifest.jsonl / .csv) and copy it with its
-    images into OUT_DIR (images keep their paths, under images/)."""
-    from .data.importers import import_manifest
-
-    _echo_import(import_manifest(src, out_dir, skip_bad=skip_bad, link=link, workers=workers))
-
-
-@import_.command(name="sherlock")
-@click.argument("src", metavar="CSV_OR_SPLITS_DIR", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--images-root", type=click.Path(path_type=Path), default=None,
-              help="Folder image_links are relative to (default: the parent of the splits/ folder, else the "
-                   "folder of CSV_OR_SPLITS_DIR).")
-@SKIP_BAD
-@LINK
-@WORKERS
-def import_sherlock_cmd(src, out_dir, images_root, skip_bad, link, workers) -> None:
-    """Import the Sherlock / lifelong fact learning CSV format (image_links, NLP_links, SPO, id, w_s, w_p, w_o):
-    one CSV, or a split tree (splits/4tasks_random/B1_train.csv ...), which also gives
-    OUT_DIR/tasks/<layout>.json for `train --tasks-file`."""
-    from .data.sherlock import import_sherlock
-
-    _echo_import(import_sherlock(src, out_dir, images_root=images_root, skip_bad=skip_bad, link=link,
-                                 workers=workers))
-
-
-@import_.command(name="vg")
-@click.argument("vg_dir", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--min-count", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Drop facts with fewer occurrences.")
-@click.option("--synonyms", type=click.Path(path_type=Path), default=None,
-              help="Name synonyms, one 'alias<TAB>canonical' per line.")
-@click.option("--min-box", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Drop boxes smaller than this many pixels on a side.")
-@click.option("--max-per-fact", type=click.IntRange(min=1), default=None,
-              help="Keep at most N crops per fact (seeded).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="For --max-per-fact.")
-@SKIP_BAD
-@WORKERS
-def import_vg_cmd(vg_dir, out_dir, min_count, synonyms, min_box, max_per_fact, seed, skip_bad, workers) -> None:
-    """Import Visual Genome (objects.json, attributes.json, relationships.json + images/): one crop per
-    fact occurrence, <S> from objects, <S,P> from attributes, <S,P,O> from relationships."""
-    from .data.vg import import_vg
-
-    _echo_import(import_vg(vg_dir, out_dir, min_count=min_count, synonyms=synonyms, min_box=min_box,
-                           max_per_fact=max_per_fact, seed=seed, skip_bad=skip_bad, workers=workers))
-
-
-def _echo_import(report) -> None:
-    click.echo(f"wrote {report.out_dir}: {report.images} images of {report.facts} facts")
-    for name in report.notes.get("tasks_files", []):
-        click.echo(f"  task file {report.out_dir / name}")
-    if report.skipped:
-        click.echo(f"skipped {sum(report.skipped.values())} bad rows:")
-        for reason, n in report.skipped.items():
-            click.echo(f"  {reason}: {n}")
-        click.echo("first ones:")
-        for line in report.examples:
-            click.echo(f"  {line}")
-
-
-@main.command()
-@click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["random", "semantic"]), default="random", show_default=True)
-@click.option("--tasks", type=click.IntRange(min=1), default=2, show_default=True, help="Number of tasks.")
-@click.option("--seed", type=SEED, default=0, show_default=True,
-              help="Seeds the fact split and the train/test draw (use the same as split.seed when training).")
-@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path), help="Task file to write (JSON).")
-@click.option("--adaptation", is_flag=True,
-              help="Also cut each task's training images into two halves (B11, B12 ...) for importance checks.")
-@click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="With --adaptation: test share for rows without a split (use split.test_fraction).")
-@click.option("--monitor", "groups", multiple=True, help="A group of facts to record as monitored (repeatable).")
-def split(data_dir, kind, tasks, seed, out_file, adaptation, test_fraction, groups) -> None:
-    """Cut DATA_DIR's facts into a task sequence and write it as a task file for `train --tasks-file`."""
-    from .data.manifest import load_dataset
-    from .data.splits import TaskFile, adaptation_halves, adaptation_names, image_splits, make_split, \
-        monitored_facts, save_tasks_file
-
-    dataset = load_dataset(data_dir)
-    task_list = make_split(dataset, kind, tasks, seed)
-    info = {"kind": kind, "seed": seed}
-    halves = {}
-    if adaptation:
-        is_test = image_splits(dataset, test_fraction, seed)
-        info["image_split"] = {"test_fraction": test_fraction, "seed": seed}
-        for task in task_list:
-            halves.update(zip(adaptation_names(task), adaptation_halves(dataset, task, is_test, seed)))
-    monitored = {g: monitored_facts(dataset, g) for g in groups}
-    save_tasks_file(out_file, TaskFile(task_list, info, {k: v.tolist() for k, v in halves.items()}, monitored), dataset)
-    click.echo(f"wrote {out_file}: " + ", ".join(f"{t.name} {len(t.facts)} facts" for t in task_list))
 
 
 @main.command()
@@ -267,6 +107,26 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
     if _rank() == 0:
         click.echo(f"run written to {out_dir}")
         click.echo(format_final(doc["final"]))
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Base world (data directory).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (overrides train.epochs).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier pretrained tower in --out.")
+def pretrain(data_dir, config_path, out_dir, epochs, seed, device, overwrite) -> None:
+    """Pretrain the image tower on a base world's facts and write its backbone to OUT, which
+    `model.pretrained: OUT` loads (docs/faithful-protocol.md)."""
+    from .config import load_config
+    from .training.pretrain import pretrain as run_pretrain
+
+    cfg = load_config(config_path, {"train.epochs": epochs})
+    done = run_pretrain(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, overwrite=overwrite)
+    click.echo(f"pretrained image tower written to {out_dir}: {done['epochs_trained']} epochs, {done['seconds']} s, "
+               f"top-1 {done['test_top1']:.3f} on the base world's test images")
 
 
 def _given_arguments(ctx: click.Context, leave_out: str) -> list[str]:
@@ -412,6 +272,11 @@ def importance(run_dir, images, summary, device) -> None:
         click.echo(f"{'parameter':<{width}}{'numel':>10}{'mean':>12}{'max':>12}")
         for r in rows:
             click.echo(f"{r['name']:<{width}}{r['numel']:>10}{r['mean']:>12.4g}{r['max']:>12.4g}")
+
+
+main.add_command(synth)
+main.add_command(data)
+main.add_command(split)
 
 
 def run() -> None:  # python -m factlearn

@@ -38,7 +38,11 @@ class ModelConfig:
     backbone_config: dict = field(
         default_factory=lambda: {"embedding_size": 32, "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1]}
     )  # keyword arguments of the transformers config (ResNetConfig, ViTConfig)
-    pretrained: str | None = None  # local directory with pretrained backbone weights (no download)
+    # A local directory with a pretrained backbone (no download): `factlearn pretrain`'s output, or
+    # any transformers save_pretrained folder of the same family (safetensors). Its architecture
+    # (config.json) must agree with backbone_config; the run records it there, so the run loads
+    # without the folder (docs/faithful-protocol.md).
+    pretrained: str | None = None
     image_size: int = 64  # images are resized to image_size x image_size
     slot_dim: int = 64  # dimensions per slot; the embedding has 3 * slot_dim
     po_grid: int = 2  # the P,O branch pools the feature map to po_grid x po_grid (keeps layout)
@@ -76,6 +80,10 @@ class LossConfig:
     """Training loss: wildcard-masked slot distance + contrastive term over the task's facts."""
 
     distance_weight: float = 1.0  # the reference (Sherlock) per-slot squared distance
+    # normalized: the distance between slot-normalised vectors (each slot on the unit sphere) |
+    # raw: between the raw image-tower output and the fact vector, as Sherlock regresses onto fixed
+    # word vectors. raw needs fixed fact vectors (model.freeze_language) or a contrastive term.
+    distance: str = "normalized"
     contrastive_weight: float = 1.0  # guards against collapse when the language tower trains
     temperature: float = 0.1
 
@@ -95,6 +103,13 @@ class TrainConfig:
     # killed run close to where it stopped; 0 = checkpoints only at the end of each task. A
     # checkpoint is written at every task end and on Ctrl-C whatever this says.
     checkpoint_every: int = 500
+    # Train each task to a plateau: hold out this share of each task's TRAINING images (seeded by
+    # the run's seed and the task), evaluate top-1 on them (standard protocol) after every epoch,
+    # and stop the task once `patience` epochs in a row have not improved on the best; epochs is
+    # then the maximum. The held-out images are neither trained on nor used for importance.
+    # 0 = off: every task trains for `epochs` epochs on all its training images.
+    val_fraction: float = 0.0
+    patience: int = 3
     # Several processes (torchrun, --nproc): batch norm normalises with the statistics of the global
     # batch, so N ranks take the steps of one process (true), or of each rank's share (false: two
     # collectives fewer per batch-norm layer and step, faster where a collective is slow, e.g. CPU
@@ -142,6 +157,28 @@ class MethodConfig:
     # si: damping xi in Omega += w / (Delta^2 + xi) (Zenke et al. 2017, Eq. 5). 0.1 as in FACIL's SI;
     # the paper used 1e-3 on MNIST/CIFAR, where parameters move further per task.
     xi: float = 0.1
+    # Quadratic penalties (mas, lmas, l2, ewc, online_ewc, si): how the pull lambda*Omega*(theta -
+    # theta*)^2 acts. loss: a loss term, its gradient 2*lambda*Omega*(theta - theta*) enters the
+    # optimizer (MAS Eq. 3; with SGD before momentum, as the reference code) | decoupled: applied
+    # after the optimizer's step, outside Adam's preconditioner (as AdamW decouples weight decay).
+    penalty: str = "loss"
+    # Quadratic penalties: each task's Omega as measured (none, the papers') | divided by its mean
+    # over each tower's parameters before accumulating (mean), so one lambda means the same across
+    # models and worlds (compare lambda across them, or sweep it once).
+    importance_norm: str = "none"
+    # mas: the function whose sensitivity is measured. raw: ||F(x)||^2 of the raw embedding (MAS
+    # Eq. 4) | normalized: random unit directions v . F_hat(x) of the slot-normalised embedding
+    # retrieval ranks by (factlearn's extension), importance_directions of them per sample.
+    importance_output: str = "raw"
+    importance_directions: int = 4
+    # mas, lmas, ewc, online_ewc: the images each task's importance comes from. train: the task's
+    # training images (the papers') | held_out: the task file's held-out images of those facts,
+    # which training never saw (`factlearn split --adaptation`).
+    importance_images: str = "train"
+    # ... and their facts. all: the task's own | the name of a subset in the task file (an
+    # adaptation subset such as B11, or a monitored group): its facts learned so far, so the
+    # importance protects that subset (MAS paper, Sec. 5: Table 4 and the sports facts of Fig. 4).
+    importance_facts: str = "all"
 
     def check(self) -> None:
         """Raise the loader's one-line UserError if a value is out of range or not a choice (for a
@@ -185,9 +222,11 @@ RANGES = {
     "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0",
     "train.epochs": "> 0", "train.batch_size": "> 0", "train.lr": "in (0, 10]", "train.weight_decay": ">= 0",
     "train.momentum": "in [0, 1)", "train.checkpoint_every": ">= 0",
+    "train.val_fraction": "in [0, 1)", "train.patience": "> 0",
     "split.tasks": "> 0", "split.seed": ">= 0", "split.test_fraction": "in [0, 1)",
     "method.lam": ">= 0", "method.alpha": "in [0, 1]", "method.importance_batch_size": "> 0",
     "method.max_importance_samples": "> 0", "method.gamma": "in [0, 1]", "method.xi": "> 0",
+    "method.importance_directions": "> 0",
     "eval.batch_size": "> 0",
 }
 
@@ -195,11 +234,16 @@ CHOICES = {
     "model.backbone": ("resnet", "vit"),
     "model.text_encoder": ("phrase", "bert", "vectors"),
     "model.text_pooling": ("cls", "mean"),
+    "loss.distance": ("normalized", "raw"),
     "train.optimizer": ("adam", "sgd"),
     "train.lr_schedule": ("constant", "cosine"),
     "split.kind": ("random", "semantic"),
     "method.accumulate": ("sum", "blend"),
     "method.importance": ("exact", "batch"),
+    "method.penalty": ("loss", "decoupled"),
+    "method.importance_norm": ("none", "mean"),
+    "method.importance_output": ("raw", "normalized"),
+    "method.importance_images": ("train", "held_out"),
     "eval.protocol": ("standard", "generalized"),
 }
 

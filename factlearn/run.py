@@ -3,7 +3,7 @@
 Layout::
 
     RUN_DIR/
-      run.json            version, data directory, method, seed, tasks completed
+      run.json            version, data directory, method, seed, tasks completed, epochs per task
       config.yaml         the resolved configuration
       facts.json          the fact table (ids = positions) with semantic groups
       vocab.json          the language tower's words
@@ -13,8 +13,9 @@ Layout::
                           trainer.safetensors (RNG state), state.json (metric rows so far)
       partial/<TASK>-step<N>/  mid-task (train.checkpoint_every, Ctrl-C): the same files, and
                           trainer.safetensors also holds the optimizer state; state.json adds the
-                          position in the task (epoch, batch) and the optimizer's non-tensor
-                          values. Only the newest is kept, removed once the task's checkpoint is.
+                          position in the task (epoch, batch), the optimizer's non-tensor
+                          values and the plateau's state (train.val_fraction). Only the
+                          newest is kept, removed once the task's checkpoint is.
       .lock               held (flock) by the process training into the directory
 
 A checkpoint folder is complete once its ``state.json`` is written: every file is written

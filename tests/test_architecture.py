@@ -22,7 +22,7 @@ LAYERS = [
     ("training", ["training"]),
     ("applications", ["query", "compare", "importance"]),
     ("experiments", ["experiments"]),
-    ("interface", ["cli", "__main__", "__init__"]),
+    ("interface", ["cli", "cli_data", "cli_options", "__main__", "__init__"]),
 ]
 
 

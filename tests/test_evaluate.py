@@ -260,3 +260,21 @@ def test_compare_plots_disambiguates_same_names(trained_runs, tmp_path):
     shutil.copytree(trained_runs[0], twin)
     written = compare_plots([str(trained_runs[0]), str(twin)], tmp_path / "plots", ["mrr"])
     assert [p.name for p in written] == ["1_finetune_mrr_matrix.png", "2_finetune_mrr_matrix.png", "sequence_mrr.png"]
+
+
+def test_evaluate_under_a_test_condition_shift(trained_runs, tmp_path):
+    """A restyled world (same facts, ids and splits, other pixels) evaluates the run's old tasks under
+    that condition: `factlearn evaluate RUN --data SHIFTED_WORLD`."""
+    from factlearn.data.synth import generate_world
+    from factlearn.evaluate import evaluate_run
+
+    shifted = tmp_path / "dark"
+    generate_world(shifted, seed=3, facts=12, images_per_fact=6, size=32, style="dark", workers=1)
+    clean = evaluate_run(trained_runs[0], device="cpu")
+    dark = evaluate_run(trained_runs[0], shifted, device="cpu")
+    assert clean.keys() == dark.keys() == {"B2"}
+    for task, m in dark["B2"]["standard"].items():
+        assert m["n"] == clean["B2"]["standard"][task]["n"]  # the same test images, restyled
+    assert dark != clean  # other pixels, other rankings
+    r = CliRunner().invoke(main, ["evaluate", str(trained_runs[0]), "--data", str(shifted), "--device", "cpu"])
+    assert r.exit_code == 0 and "B1" in r.output, r.output

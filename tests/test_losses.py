@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from factlearn.config import LossConfig
@@ -53,3 +54,44 @@ def test_default_loss_keeps_facts_apart_but_distance_alone_collapses():
     collapsed = sim(_train(LossConfig(contrastive_weight=0.0), steps=400))[off]
     assert default.max() < 0.9
     assert collapsed.mean() > default.mean()
+
+
+def test_raw_distance_hand_computed():
+    """loss.distance raw: Sherlock's per-slot squared distance between the RAW outputs, masked by
+    the wildcard flags; the normalized default compares unit vectors instead."""
+    img = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [5.0, 5.0]],
+                        [[0.0, 2.0], [2.0, 2.0], [1.0, 1.0]]])  # (2, 3, 2): two images
+    facts = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]],  # fact 0 <S, P>: its O slot is zero
+                          [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]])  # fact 1 <S, P, O>
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    raw = LossConfig(distance="raw", contrastive_weight=0.0)
+    # image 0 vs fact 0: S |(3,4)|^2 = 25, P |(0,-2)|^2 = 4, O masked -> 29
+    # image 1 vs fact 1: S |(0,1)|^2 = 1, P |(2,2)|^2 = 8, O |(0,1)|^2 = 1 -> 10; mean 19.5
+    assert fact_loss(img, facts, mask, targets, none, raw).item() == 19.5
+    assert fact_loss(img, facts, mask, targets, none, LossConfig(distance="raw", contrastive_weight=0.0,
+                                                                 distance_weight=2.0)).item() == 39.0
+    unit = torch.nn.functional.normalize
+    normalized = slot_distance(unit(img, dim=-1), unit(facts, dim=-1)[targets] * mask[targets].unsqueeze(-1),
+                               mask[targets])
+    assert torch.isclose(fact_loss(img, facts, mask, targets, none, LossConfig(contrastive_weight=0.0)), normalized)
+    assert LossConfig().distance == "normalized"
+
+
+def test_raw_distance_with_trainable_facts_and_no_contrast_is_refused():
+    from factlearn.config import ModelConfig, from_dict
+    from factlearn.errors import UserError
+    from factlearn.losses import check_loss
+
+    raw = LossConfig(distance="raw", contrastive_weight=0.0)
+    with pytest.raises(UserError) as err:
+        check_loss(raw, ModelConfig())
+    message = str(err.value)
+    assert "\n" not in message
+    assert all(k in message for k in ("loss.distance", "loss.contrastive_weight", "model.freeze_language"))
+    check_loss(raw, ModelConfig(freeze_language=True))  # fixed fact vectors: the reference setting
+    check_loss(LossConfig(distance="raw"), ModelConfig())  # a contrastive term keeps facts apart
+    check_loss(LossConfig(contrastive_weight=0.0), ModelConfig())  # today's normalized distance: allowed
+    with pytest.raises(UserError, match="loss.distance"):
+        from_dict(LossConfig, {"distance": "euclid"}, "loss")

@@ -7,8 +7,9 @@ import torch
 from factlearn.config import MethodConfig
 from factlearn.continual import create_method
 from factlearn.continual.base import TaskData, trainable
-from factlearn.continual.mas import mas_importance
+from factlearn.continual.mas import mas_importance, random_directions
 from factlearn.facts import Fact
+from factlearn.model import normalize_slots
 
 FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
 
@@ -59,6 +60,56 @@ def test_exact_importance_equals_per_sample_reference(batch_size, setup):
         scale = ref[n].abs().max().clamp(min=1e-12)
         assert ((fast[n] - ref[n]).abs().max() / scale) < 1e-5, n
     assert any(v.sum() > 0 for v in fast.values())
+
+
+def reference_normalized_importance(model, data, k):
+    """Independent reference of ``importance_output: normalized``: one sample and one direction at a
+    time, plain autograd, eval mode: mean_n 1/K sum_v |d (v . F_hat(x_n)) / d theta|."""
+    x, tokens, mask = data
+    model.eval()
+    params = trainable(model)
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    dim = 3 * model.cfg.slot_dim
+    for i in range(len(x)):
+        for v in random_directions([i], k, dim)[0]:  # (dim,) each; the same directions for both towers
+            model.zero_grad()
+            img = normalize_slots(model.embed_images(x[i : i + 1]))[0]  # (3*d,)
+            txt = normalize_slots(model.embed_facts(tokens[i : i + 1], mask[i : i + 1]))[0]
+            (v @ img + v @ txt).backward()  # the towers share no parameter: each gets its own gradient
+            for n, p in params.items():
+                if p.grad is not None:
+                    total[n] += p.grad.abs()
+    return {n: t / (len(x) * k) for n, t in total.items()}
+
+
+@pytest.mark.parametrize("batch_size", [4, 11])  # the directions do not depend on the batches
+def test_normalized_output_importance_equals_per_sample_reference(batch_size, setup):
+    model, task, data = setup()
+    fast = mas_importance(model, task, batch_size=batch_size, output="normalized", directions=3)
+    ref = reference_normalized_importance(model, data, 3)
+    assert set(fast) == set(ref)
+    for n in ref:
+        scale = ref[n].abs().max().clamp(min=1e-12)
+        assert ((fast[n] - ref[n]).abs().max() / scale) < 1e-5, n
+    assert any(v.sum() > 0 for v in fast.values())
+    raw = mas_importance(model, task, batch_size=batch_size)
+    assert not all(torch.allclose(raw[n], fast[n]) for n in raw)
+
+
+def test_random_directions_are_unit_seeded_and_per_sample():
+    v = random_directions([0, 5, 2], 4, 12)
+    assert v.shape == (3, 4, 12) and v.dtype == torch.float32
+    assert torch.allclose(v.norm(dim=-1), torch.ones(3, 4))
+    assert torch.equal(random_directions([2], 4, 12)[0], v[2])  # a sample's own, whatever batch it is in
+    assert not torch.allclose(v[0], v[1])
+
+
+def test_normalized_batch_approximation_is_a_lower_bound(setup):
+    model, task, _ = setup()
+    exact = mas_importance(model, task, batch_size=4, output="normalized", directions=2)
+    approx = mas_importance(model, task, batch_size=4, exact=False, output="normalized", directions=2)
+    assert all((approx[n] <= exact[n] + 1e-6).all() for n in exact)
+    assert any((approx[n] < exact[n] - 1e-6).any() for n in exact)
 
 
 def test_one_tower_only(setup):

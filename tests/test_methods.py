@@ -82,7 +82,7 @@ def train_steps(model, method, task, data, steps=2, lr=1e-2):
         total.backward()
         method.before_step(model)
         opt.step()
-        method.after_step(model)
+        method.after_step(model, lr)
     method.after_task(model, task)
 
 
@@ -198,7 +198,7 @@ def test_si_importance_on_a_hand_computed_two_step_example():
             (loss if penalty is None else loss + penalty).backward()
             method.before_step(model)
             opt.step()
-            method.after_step(model)
+            method.after_step(model, 0.5)
         method.after_task(model, task)
 
     run(3.0)
@@ -291,6 +291,9 @@ def test_every_option_belongs_to_a_method_and_is_documented_there():
 @pytest.mark.parametrize("name, option, value", [
     ("online_ewc", "gamma", 1.5), ("si", "xi", 0.0), ("mas", "importance", "fast"), ("ewc", "alpha", 2.0),
     ("ewc", "importance_data", "images"), ("l2", "importance_data", "images"),
+    ("mas", "penalty", "adamw"), ("l2", "importance_norm", "max"), ("mas", "importance_output", "unit"),
+    ("mas", "importance_directions", 0), ("lmas", "importance_output", "normalized"),
+    ("ewc", "importance_directions", 8), ("si", "importance_output", "normalized"),
 ])
 def test_create_method_checks_the_config_in_one_line_naming_the_option(name, option, value):
     with pytest.raises(UserError, match=f"method.{option}") as err:

@@ -1,5 +1,8 @@
 """Model options: frozen backbone stages, the BERT and word-vector language towers, checkpoints
-of each, and compositional (zero-shot) fact embeddings."""
+of each, compositional (zero-shot) fact embeddings, and pretrained backbone folders."""
+
+import re
+import shutil
 
 import pytest
 import torch
@@ -257,3 +260,52 @@ def test_unseen_combination_is_composed_from_seen_slots(tiny_model_config):
     candidates = model.encode_facts([Fact("star", "blue"), Fact("star", "red"), Fact("circle", "blue"),
                                      Fact("circle", "red")])
     assert (model.encode_facts([Fact("star", "blue")]) @ candidates.T).argmax().item() == 0
+
+
+# ---- pretrained backbone folders (model.pretrained) -----------------------------------------
+
+def test_pretrained_folder_loads_records_its_architecture_and_is_not_needed_to_load(tmp_path, tiny_model_config):
+    from factlearn.model import resolve_pretrained
+
+    torch.manual_seed(0)
+    source = create_model(tiny_model_config(), Vocabulary(WORDS))
+    source.image_tower.backbone.save_pretrained(tmp_path / "pre")
+    cfg = tiny_model_config(pretrained=str(tmp_path / "pre"))
+    torch.manual_seed(1)  # the branches differ; the backbone comes from the folder
+    model = create_model(cfg, Vocabulary(WORDS))
+    x = torch.randn(2, 3, 32, 32)
+    source.eval(), model.eval()
+    assert torch.equal(model.image_tower.feature_map(x), source.image_tower.feature_map(x))
+    resolved = resolve_pretrained(cfg)
+    assert resolved.backbone_config["hidden_sizes"] == [8, 16] and resolved.backbone_config["layer_type"] == "basic"
+    assert resolve_pretrained(tiny_model_config()) == tiny_model_config()  # nothing to resolve
+    # a checkpoint of the run loads from the recorded architecture alone
+    shutil.move(tmp_path / "pre", tmp_path / "gone")
+    loaded = round_trip(model, resolved, Vocabulary(WORDS), tmp_path).eval()
+    assert torch.equal(loaded.encode_images(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+                       model.encode_images(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)))
+    with pytest.raises(UserError, match="is not a pretrained image tower"):
+        resolve_pretrained(cfg)
+
+
+def test_pretrained_folder_errors_are_one_line_naming_it(tmp_path, tiny_model_config):
+    torch.manual_seed(0)
+    good = tmp_path / "good"
+    create_model(tiny_model_config(), Vocabulary(WORDS)).image_tower.backbone.save_pretrained(good)
+    (tmp_path / "empty").mkdir()
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(good / "config.json", no_weights / "config.json")
+    cases = [
+        (tmp_path / "missing", {}, "is not a pretrained image tower"),
+        (tmp_path / "empty", {}, "is not a pretrained image tower"),
+        (no_weights, {}, "has no safetensors weights"),
+        (good, {"backbone_config": {"embedding_size": 8, "hidden_sizes": [16, 32], "depths": [1, 1]}},
+         "hidden_sizes [8, 16], but model.backbone_config.hidden_sizes is [16, 32]"),
+        (good, {"backbone": "vit", "backbone_config": {"patch_size": 8, "hidden_size": 16}},
+         "holds a 'resnet' backbone, but model.backbone is 'vit'"),
+    ]
+    for folder, overrides, match in cases:
+        with pytest.raises(UserError, match=re.escape(match)) as err:
+            create_model(tiny_model_config(pretrained=str(folder), **overrides), Vocabulary(WORDS))
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)

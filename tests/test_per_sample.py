@@ -15,12 +15,14 @@ WORDS = ["star", "red", "circle", "left", "of", "dark", "blue"]
 FACTS = [Fact("star"), Fact("star", "red"), Fact("circle", "left of", "star"), Fact("circle", "dark blue")]
 
 
-def reference(module: nn.Module, inputs: tuple) -> dict[str, torch.Tensor]:
-    """One sample at a time, plain autograd: sum_n |d ||module(x_n)||^2 / d theta|."""
+def reference(module: nn.Module, inputs: tuple, objective=None, aux: tuple = ()) -> dict[str, torch.Tensor]:
+    """One sample at a time, plain autograd: sum_n |d s_n / d theta|, s_n = ||module(x_n)||^2 or
+    ``objective(module(x_n), *aux_n)``."""
     params = {n: p for n, p in module.named_parameters() if p.requires_grad}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(inputs[0].shape[0]):
-        out = module(*(x[i : i + 1] for x in inputs)).pow(2).sum()
+        y = module(*(x[i : i + 1] for x in inputs))
+        out = y.pow(2).sum() if objective is None else objective(y, *(a[i : i + 1] for a in aux))
         for (n, p), g in zip(params.items(), torch.autograd.grad(out, list(params.values()), allow_unused=True)):
             if g is not None:
                 total[n] += g.abs()
@@ -129,6 +131,23 @@ def test_layer_rules_match_per_sample_reference():
     assert torch.all(fast["unused.weight"] == 0) and torch.all(fast["words.weight"][0] == 0)  # padding row
     ref_nonzero = {n: v for n, v in ref.items() if not n.startswith("unused.")}
     assert_close({n: fast[n] for n in ref_nonzero}, ref_nonzero)
+
+
+def test_objective_with_per_sample_aux_matches_reference():
+    """Another per-sample scalar than the squared norm (as MAS's normalized output uses): every fast
+    rule and the vmap fallback, each sample with its own aux row."""
+    m, inputs = layers_and_inputs()
+
+    def objective(out, weights):  # (B, 5), (B, 5): a nonlinear scalar per sample
+        return (torch.sin(out) * weights).sum()
+
+    aux = (torch.randn(inputs[0].shape[0], 5),)
+    fast = per_sample_abs_grad_sum(m, inputs, objective=objective, aux=aux)
+    ref = reference(m, inputs, objective, aux)
+    assert torch.all(fast["unused.weight"] == 0)
+    ref_nonzero = {n: v for n, v in ref.items() if not n.startswith("unused.")}
+    assert_close({n: fast[n] for n in ref_nonzero}, ref_nonzero)
+    assert not torch.allclose(fast["conv.weight"], per_sample_abs_grad_sum(m, inputs, ["conv.weight"])["conv.weight"])
 
 
 def test_chunking_does_not_change_the_result(monkeypatch):

@@ -180,7 +180,7 @@ def test_report_only_trains_nothing(exp, tmp_path, capsys):
     # the page names its task file by the command that writes it: no link to OUT/tasks/, which is
     # not published with the pages
     assert "](tasks/" not in table
-    assert "`factlearn split <data> --kind random --tasks 2 --seed 0 --adaptation --test-fraction 0.3`" in table
+    assert "`factlearn split <data> --kind random --tasks 2 --seed 0 --adaptation-images --test-fraction 0.3`" in table
 
 
 def test_plots_of_the_final_accuracy(exp, tmp_path):

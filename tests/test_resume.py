@@ -45,13 +45,18 @@ class Crash(BaseException):
     """Stands for SIGKILL: nothing runs after it, not even ``except Exception`` handlers."""
 
 
-@pytest.fixture(scope="module")
-def cfg_path(tmp_path_factory, tiny_config) -> Path:
+def config_file(path: Path, tiny_config: Path, **train_keys) -> Path:
+    """Write tiny.yaml with these ``train`` keys changed to ``path``; returns it."""
     data = yaml.safe_load(tiny_config.read_text())
-    data["train"].update(epochs=2, batch_size=8, checkpoint_every=2)
-    path = tmp_path_factory.mktemp("cfg") / "resume.yaml"
+    data["train"].update(train_keys)
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture(scope="module")
+def cfg_path(tmp_path_factory, tiny_config) -> Path:
+    return config_file(tmp_path_factory.mktemp("cfg") / "resume.yaml", tiny_config, epochs=2, batch_size=8,
+                       checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_split_command_writes_a_usable_task_file(tiny_world, tmp_path, dataset):
     out = tmp_path / "split.json"
     group = sorted(set(dataset.groups().values()))[0]
     args = ["split", str(tiny_world), "--kind", "semantic", "--tasks", "2", "--seed", "4", "--out", str(out),
-            "--adaptation", "--monitor", group]
+            "--adaptation-images", "--monitor", group]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "B1" in r.output and "B2" in r.output
@@ -150,3 +150,54 @@ def test_split_command_writes_a_usable_task_file(tiny_world, tmp_path, dataset):
     assert back.monitored == {group: monitored_facts(dataset, group)}
     r = CliRunner().invoke(main, ["split", str(tiny_world), "--tasks", "99", "--out", str(out)])
     assert r.exit_code == 2 and "cannot split" in r.output
+
+
+def test_fact_level_adaptation_halves_are_fact_disjoint_with_held_out_images(tiny_world, tmp_path, dataset):
+    out = tmp_path / "split.json"
+    args = ["split", str(tiny_world), "--tasks", "2", "--seed", "1", "--out", str(out), "--adaptation",
+            "--held-out", "0.25"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    back = load_tasks_file(out, dataset)
+    is_test = image_splits(dataset, 0.3, 1)
+    fact_of = np.array(dataset.fact_ids())
+    held = set(back.held_out)
+    assert held and not any(is_test[i] for i in held)  # held out of TRAINING images, never test ones
+    for task in back.tasks:
+        b11, b12 = (back.adaptation_facts[n] for n in adaptation_names(task))
+        assert b11 and b12 and not set(b11) & set(b12) and sorted(b11 + b12) == task.facts  # facts cut in two
+        for name, facts in zip(adaptation_names(task), (b11, b12)):
+            images = back.adaptation[name]
+            assert images and set(images) <= held  # importance images: held-out ones
+            assert set(fact_of[images]) <= set(facts)  # of the subset's own facts
+        for fid in task.facts:  # every fact keeps training images
+            train = set(np.flatnonzero((fact_of == fid) & ~is_test))
+            assert train - held
+    again = tmp_path / "again.json"
+    assert CliRunner().invoke(main, args[:-5] + ["--out", str(again), "--adaptation", "--held-out", "0.25"]).exit_code == 0
+    assert again.read_text() == out.read_text()  # seeded: the same file
+
+
+def test_adaptation_kinds_are_exclusive_and_held_out_must_be_the_tasks(tiny_world, tmp_path, dataset):
+    r = CliRunner().invoke(main, ["split", str(tiny_world), "--out", str(tmp_path / "s.json"), "--adaptation",
+                                  "--adaptation-images"])
+    assert r.exit_code == 2 and "choose one" in r.output and not (tmp_path / "s.json").exists()
+    out = tmp_path / "split.json"
+    CliRunner().invoke(main, ["split", str(tiny_world), "--tasks", "2", "--out", str(out), "--adaptation"],
+                       catch_exceptions=False)
+    doc = json.loads(out.read_text())
+    doc["tasks"][0]["held_out"] = doc["tasks"][1]["held_out"][:1]  # an image of another task's fact
+    out.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="held_out: .* is not an image of the task's facts"):
+        load_tasks_file(out, dataset)
+
+
+def test_held_out_without_adaptation_holds_out_of_every_task(tiny_world, tmp_path, dataset):
+    out = tmp_path / "split.json"
+    r = CliRunner().invoke(main, ["split", str(tiny_world), "--tasks", "2", "--out", str(out), "--held-out", "0.3",
+                                  "--monitor", sorted(set(dataset.groups().values()))[0]], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    back = load_tasks_file(out, dataset)
+    fact_of = np.array(dataset.fact_ids())
+    assert back.held_out and not back.adaptation and not back.adaptation_facts
+    assert all(set(fact_of[back.held_out]) & set(t.facts) for t in back.tasks)  # every task holds some out

@@ -8,7 +8,7 @@ A method is an object with hooks called by the training loop (FACIL-style)::
         (backward)
         before_step(model)      # gradients are in p.grad, parameters not yet updated
         (optimizer step)
-        after_step(model)       # parameters updated
+        after_step(model, lr)   # parameters updated; lr = the step's learning rate
     after_task(model, task)
 
 Its state is a flat dict of tensors keyed ``"<kind>.<parameter name>"`` (names from
@@ -60,11 +60,17 @@ class TaskData:
     # Under torch.distributed: the rank whose shard of the samples ``batches``, ``labeled`` and
     # ``num_samples`` cover; ``mean`` combines the shards. SINGLE: one process, every sample.
     shard: Context = SINGLE
+    # A subset that may have no sample yet (the held-out images of a group none of whose facts has
+    # been learned): its importance is then zero instead of an error.
+    may_be_empty: bool = False
 
     def mean(self, sums: dict[str, torch.Tensor], count: int, what: str = "importance") -> dict[str, torch.Tensor]:
         """Per-sample sums over this shard (``count`` samples) -> means over the samples of every
         shard: the sums and counts are all-reduced first, so N ranks give one process's value."""
         sums, count = self.shard.reduce(sums, count)
+        if count == 0 and self.may_be_empty:
+            logger.warning("%s: no samples to compute %s from; it is zero for this task", self.name, what)
+            return {n: torch.zeros_like(t) for n, t in sums.items()}
         if count == 0:
             raise ValueError(f"task {self.name} has no samples to compute {what} from")
         return {n: t / count for n, t in sums.items()}
@@ -114,6 +120,18 @@ def log_importance(kind: str, where: str, omega: dict[str, torch.Tensor]) -> Non
                 torch.stack([o.mean() for o in omega.values()]).mean(), max(o.max() for o in omega.values()))
 
 
+# Options a method that does not list them refuses when set away from the default (the value says
+# whom they are for); other options a method does not list are ignored.
+REFUSED = {
+    "importance_data": "label-free importance (mas, lmas)",
+    "importance_output": "mas",
+    "importance_directions": "mas with method.importance_output: normalized",
+    "importance_images": "importance-based methods (mas, lmas, ewc, online_ewc)",
+    "importance_facts": "importance-based methods (mas, lmas, ewc, online_ewc)",
+}
+_DEFAULTS = MethodConfig()
+
+
 @dataclass
 class StepBatch:
     """What the ``penalty`` hook sees of one training step.
@@ -145,13 +163,15 @@ class Method:
         """Raise a one-line UserError naming the option if ``cfg`` cannot configure this method.
 
         Values are checked against the config's ranges and choices again (a MethodConfig built or
-        changed in code never went through the YAML loader), and ``importance_data`` is refused by
-        a method whose importance needs labels: silently ignoring it would train another experiment
-        than the one asked for.
+        changed in code never went through the YAML loader), and an option of :data:`REFUSED` set
+        away from its default is refused by a method that cannot honour it (``importance_data`` by
+        a method whose importance needs labels, ``importance_output`` by any but mas): silently
+        ignoring it would train another experiment than the one asked for.
         """
         cfg.check()
-        if cfg.importance_data is not None and "importance_data" not in cls.options:
-            raise UserError(f"method.importance_data is for label-free importance (mas, lmas), not {cfg.name!r}")
+        for option, meant_for in REFUSED.items():
+            if option not in cls.options and getattr(cfg, option) != getattr(_DEFAULTS, option):
+                raise UserError(f"method.{option} is for {meant_for}, not {cfg.name!r}")
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -168,8 +188,8 @@ class Method:
     def before_step(self, model: nn.Module) -> None:
         """Called after ``backward`` and before the optimizer step (``p.grad`` holds the gradient)."""
 
-    def after_step(self, model: nn.Module) -> None:
-        """Called right after the optimizer step."""
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        """Called right after the optimizer step, whose learning rate was ``lr``."""
 
     def after_task(self, model: nn.Module, task: TaskData) -> None:
         """Called after training on ``task``, with the task's data still at hand."""
@@ -234,17 +254,51 @@ class _QuadraticPenalty(torch.autograd.Function):
         return (None, None, None, *(g.view(s) for g, s in zip(grads, ctx.shapes)))
 
 
+def normalize_importance(omega: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tower's importance divided by its mean over that tower's parameters
+    (``method.importance_norm: mean``; factlearn's option, not in the MAS or EWC papers).
+
+    MAS Eq. 2 (and EWC's Fisher, SI's Eq. 5) measure Omega in the units of the model's output or
+    loss, so its scale follows the raw embedding norm, and a lambda tuned for one model or world
+    means something else for another. Dividing each task's Omega by its mean, tower by tower (the
+    towers train on different signals and their scales differ), keeps only the relative importance
+    the penalty is about: then one lambda compares across models and worlds, and a lambda sweep can
+    be done once. The papers' definition (``none``) is the default.
+
+    Args:
+        omega: name -> importance; a tower is the first component of the name (``image_tower``,
+            ``language_tower``).
+    Returns:
+        the same names, each tower's tensors divided by their numel-weighted mean (the mean of every
+        element of the tower), so that mean becomes 1; a tower whose importance is all zero stays.
+    """
+    towers: dict[str, list[str]] = {}
+    for name in omega:
+        towers.setdefault(name.split(".", 1)[0], []).append(name)
+    out = dict(omega)
+    for names in towers.values():
+        total = torch.stack([omega[n].sum(dtype=torch.float64) for n in names]).sum()  # float64: many small terms
+        mean = total / sum(omega[n].numel() for n in names)
+        if mean > 0:
+            out.update({n: omega[n] / mean.to(omega[n].dtype) for n in names})
+    return out
+
+
 class QuadraticPenalty(Method):
-    """Shared by MAS, EWC, SI and L2: ``lambda * sum_k Omega_k (theta_k - theta*_k)^2``.
+    """Shared by MAS, l-MAS, EWC, SI and L2: ``lambda * sum_k Omega_k (theta_k - theta*_k)^2``.
 
     State: ``omega.<name>`` (importance) and ``anchor.<name>`` (theta*, parameters at the end of
     the previous task) — two copies of the parameters, however many tasks have passed.
 
     Options: ``lam`` (lambda); ``accumulate`` (``sum`` or ``blend``) and ``alpha`` (the blend
-    factor), how a task's importance joins the old one (:meth:`combine`).
+    factor), how a task's importance joins the old one (:meth:`combine`); ``penalty``, how the
+    pull acts: ``loss`` (a loss term, MAS Eq. 3; its gradient goes through the optimizer, with SGD
+    before momentum as in the MAS authors' code) or ``decoupled`` (a step of its own after the
+    optimizer's, :meth:`after_step`); ``importance_norm``, ``none`` (Omega as measured) or ``mean``
+    (each task's Omega divided by its mean per tower before accumulating, :func:`normalize_importance`).
     """
 
-    options = ("lam", "accumulate", "alpha")
+    options = ("lam", "accumulate", "alpha", "penalty", "importance_norm")
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
         """Omega of the trainable parameters after ``task`` (name -> tensor shaped like it)."""
@@ -257,7 +311,10 @@ class QuadraticPenalty(Method):
         super().after_task(model, task)
 
     def accumulate(self, new: dict[str, torch.Tensor]) -> None:
-        """Merge ``new`` importance into ``omega``; parameters absent from ``new`` keep theirs."""
+        """Merge ``new`` importance into ``omega`` (normalised first with ``method.importance_norm:
+        mean``); parameters absent from ``new`` keep theirs."""
+        if self.cfg.importance_norm == "mean":
+            new = normalize_importance(new)
         old = self._get("omega")
         self._set("omega", {**old, **{n: self.combine(old[n], t) if n in old else t for n, t in new.items()}})
 
@@ -268,7 +325,46 @@ class QuadraticPenalty(Method):
         return old + new  # sum, as the MAS authors' code does
 
     def penalty(self, model: nn.Module, batch: StepBatch | None = None) -> torch.Tensor | None:
-        """``lam * sum_k omega_k (theta_k - anchor_k)^2``; None before the first task ends."""
+        """``lam * sum_k omega_k (theta_k - anchor_k)^2`` (MAS Eq. 3); None before the first task ends.
+
+        With ``method.penalty: decoupled`` the value is detached: a constant in the loss, for the
+        logs only (the pull is :meth:`after_step`'s).
+        """
+        aligned = self._aligned(model)
+        if aligned is None:
+            return None
+        if self.cfg.penalty == "decoupled":
+            with torch.no_grad():
+                return quadratic_penalty(*aligned, self.cfg.lam)
+        return quadratic_penalty(*aligned, self.cfg.lam)
+
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        """With ``method.penalty: decoupled``, the pull after the optimizer's step:
+        ``theta <- theta - lr * 2 * lam * omega * (theta - anchor)``.
+
+        This is a plain gradient step on the penalty of MAS Eq. 3, taken outside the optimizer's
+        preconditioner, as AdamW decouples weight decay (Loshchilov & Hutter, ICLR 2019): Adam divides
+        a loss term's gradient by its running RMS, so where the penalty dominates every parameter
+        stays about one learning rate from its anchor whatever its importance; the decoupled pull
+        stays proportional to Omega. ``lr`` is the step's learning rate. Nothing to do with
+        ``penalty: loss``, whose gradient the optimizer has already used.
+        """
+        if self.cfg.penalty != "decoupled":
+            return
+        aligned = self._aligned(model)
+        if aligned is None:
+            return
+        params, omega, anchor = aligned
+        with torch.no_grad():
+            # torch._foreach_*: a few multi-tensor ops (as torch.optim's steps) instead of four per parameter
+            pull = torch._foreach_sub(params, anchor)  # theta - theta*
+            torch._foreach_mul_(pull, omega)
+            torch._foreach_mul_(pull, 2 * lr * self.cfg.lam)
+            torch._foreach_sub_(params, pull)
+
+    def _aligned(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None:
+        """(parameters, omega, anchor), aligned lists over the trainable parameters with importance;
+        None before the first task ends."""
         omega, anchor = self._get("omega"), self._get("anchor")
         if not omega:
             return None
@@ -276,5 +372,4 @@ class QuadraticPenalty(Method):
         names = [n for n in omega if n in params]
         if not names:
             return None
-        return quadratic_penalty([params[n] for n in names], [omega[n] for n in names], [anchor[n] for n in names],
-                                 self.cfg.lam)
+        return [params[n] for n in names], [omega[n] for n in names], [anchor[n] for n in names]

@@ -64,12 +64,17 @@ class EWC(QuadraticPenalty):
         lam: penalty strength lambda (EWC Eq. 3, its 1/2 folded in).
         accumulate, alpha: Fishers across tasks, ``sum`` (Huszár's form) or ``blend``
             (``alpha * old + (1 - alpha) * new``).
+        penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
+        importance_norm: ``none`` or ``mean`` (each task's Fisher divided by its mean per tower).
         importance_batch_size: samples per vmap call of the Fisher.
         max_importance_samples: a seeded subset of the task's samples (None = all).
+        importance_images, importance_facts: which images and facts the Fisher comes from (the
+            task's training images by default; see :class:`factlearn.config.MethodConfig`).
     """
 
     name = "ewc"
-    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples")
+    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples", "importance_images",
+                                          "importance_facts")
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
         """The task's empirical Fisher diagonal (EWC Eq. 3)."""
@@ -82,13 +87,15 @@ class OnlineEWC(EWC):
     """Online EWC (Schwarz et al. 2018): the running Fisher decays by ``gamma`` before each task's
     Fisher is added.
 
-    Options (``method.*``): ``lam``, ``importance_batch_size`` and ``max_importance_samples`` as
-    :class:`EWC`; ``gamma`` in [0, 1], the decay (1.0 = :class:`EWC` with ``accumulate: sum``),
-    which replaces ``accumulate`` and ``alpha``.
+    Options (``method.*``): ``lam``, ``penalty``, ``importance_norm``, ``importance_batch_size`` and
+    ``max_importance_samples`` as :class:`EWC`; ``gamma`` in [0, 1], the decay (1.0 = :class:`EWC`
+    with ``accumulate: sum``), which replaces ``accumulate`` and ``alpha``; ``importance_images``
+    and ``importance_facts`` as :class:`EWC`.
     """
 
     name = "online_ewc"
-    options = ("lam", "gamma", "importance_batch_size", "max_importance_samples")
+    options = ("lam", "penalty", "importance_norm", "gamma", "importance_batch_size", "max_importance_samples",
+               "importance_images", "importance_facts")
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``F <- gamma * F + F_task``."""

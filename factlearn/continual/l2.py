@@ -15,12 +15,13 @@ from .base import QuadraticPenalty, TaskData, trainable
 class L2(QuadraticPenalty):
     """Omega = 1 for every parameter, after every task.
 
-    Options (``method.*``): ``lam``, the penalty strength. ``accumulate`` and ``alpha`` do not
-    apply: the importance stays 1.
+    Options (``method.*``): ``lam``, the penalty strength; ``penalty``, ``loss`` (a loss term) or
+    ``decoupled`` (a pull after the optimizer's step). ``importance_norm`` is honoured and changes
+    nothing (the mean of ones is 1). ``accumulate`` and ``alpha`` do not apply: the importance stays 1.
     """
 
     name = "l2"
-    options = ("lam",)
+    options = ("lam", "penalty", "importance_norm")
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
         """Ones shaped like every trainable parameter."""

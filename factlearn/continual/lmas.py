@@ -104,9 +104,16 @@ class LMAS(DataImportance):
         lam: penalty strength lambda (MAS Eq. 3).
         accumulate, alpha: importance across tasks, ``sum`` or ``blend``
             (``alpha * old + (1 - alpha) * new``).
+        penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
+        importance_norm: ``none`` or ``mean`` (each task's Omega divided by its mean per tower).
         importance_batch_size: samples per forward pass.
         max_importance_samples: a seeded subset of the task's samples (None = all).
         importance_data: unlabeled images for the image tower's importance (MAS Sec. 5).
+        importance_images, importance_facts: held-out images, and a subset of the facts learned so
+            far, to take the importance from (MAS Sec. 5, Table 4; chosen by the training session).
+
+    ``importance_output`` is mas's alone (refused here): l-MAS measures each layer's own output,
+    never the embedding that retrieval normalises.
     """
 
     name = "lmas"

@@ -3,14 +3,16 @@
 For a module F (e.g. one tower of a FactModel, in eval mode) and a batch x_1..x_B,
 :func:`per_sample_abs_grad_sum` returns for every trainable parameter theta
 
-    sum_n | d ||F(x_n)||_2^2 / d theta |
+    sum_n | d s_n(F(x_n)) / d theta |
 
-with the absolute value taken per sample before the sum (MAS Eq. 2 with the squared L2 norm of
-Eq. 4 needs exactly this; |gradient of the batch sum| is only a lower bound). The engine knows
-nothing of tasks or methods: :mod:`factlearn.continual.mas` averages it over a task's samples.
+with the absolute value taken per sample before the sum. By default s_n = ||.||_2^2, which is
+what MAS Eq. 2 with the squared L2 norm of Eq. 4 needs (|gradient of the batch sum| is only a
+lower bound); an ``objective`` gives another per-sample scalar (MAS with
+``method.importance_output: normalized`` uses v_n . F_hat(x_n)). The engine knows nothing of
+tasks or methods: :mod:`factlearn.continual.mas` averages it over a task's samples.
 
 How the exact value is computed at batch speed: in eval mode the samples of a batch do not
-interact, so one backward pass of ``sum_n ||F(x_n)||^2`` gives, at the output of every layer,
+interact, so one backward pass of ``sum_n s_n(F(x_n))`` gives, at the output of every layer,
 each sample's own gradient ``g_n``. A layer's per-sample parameter gradient follows from its
 input ``x_n`` and ``g_n`` alone (Linear: ``g_n x_n^T``; Conv2d: the same on unfolded patches;
 BatchNorm/LayerNorm: ``g_n * x_hat_n``; Embedding: ``g_n`` added to the rows of the sample's
@@ -32,9 +34,12 @@ from torch.func import functional_call, grad, vmap
 
 logger = logging.getLogger(__name__)
 
-# A layer call as the fast rules see it: (its input, the gradient of sum_n ||F(x_n)||^2 with
+# A layer call as the fast rules see it: (its input, the gradient of sum_n s_n(F(x_n)) with
 # respect to its output). Dimension 0 of both is the sample.
 Call = tuple[torch.Tensor, torch.Tensor]
+# objective(output (B, ...), *aux (B, ...)) -> sum over the batch of per-sample scalars s_n, where
+# s_n reads only row n of the output and of each aux tensor (the samples must not interact).
+Objective = Callable[..., torch.Tensor]
 # Per-sample gradients are materialised at most this many elements at a time. On a CPU 4 MB of
 # float32, so that a chunk stays in cache between the matmul that writes it and the |.| and sum
 # that read it; on a GPU 256 MB, so that kernels are few and large.
@@ -192,10 +197,18 @@ def _own_parameters(path: str, layer: nn.Module) -> dict[str, nn.Parameter]:
     return {f"{path}.{n}" if path else n: p for n, p in layer.named_parameters(recurse=False)}
 
 
+def squared_norm(output: torch.Tensor) -> torch.Tensor:
+    """sum_n ||output_n||_2^2: the default objective, the squared L2 norm of MAS Eq. 4 summed over
+    the batch (output (B, ...) -> scalar)."""
+    return output.pow(2).sum()
+
+
 def per_sample_abs_grad_sum(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Iterable[str] | None = None
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Iterable[str] | None = None,
+    objective: Objective = squared_norm, aux: tuple[torch.Tensor, ...] = (),
 ) -> dict[str, torch.Tensor]:
-    """sum_n |d ||module(x_n)||^2 / d theta| over a batch, for the trainable parameters ``names``.
+    """sum_n |d s_n(module(x_n)) / d theta| over a batch, for the trainable parameters ``names``
+    (by default s_n = ||.||^2: the per-sample sums of MAS Eq. 2 with Eq. 4).
 
     One batched forward and backward pass gives every covered layer's per-sample gradients (see the
     module docstring); the parameters :func:`fast_plan` leaves out go through ``vmap(grad)``.
@@ -206,6 +219,9 @@ def per_sample_abs_grad_sum(
         module: e.g. a tower of a FactModel.
         inputs: the batch, passed as ``module(*inputs)``.
         names: parameter names relative to ``module``; default every trainable parameter.
+        objective: ``objective(module(*inputs), *aux)`` is sum_n s_n, each s_n reading only row n
+            of the output and of every ``aux`` tensor (also called on one sample, with a batch of 1).
+        aux: per-sample tensors of the objective (dimension 0 = the sample), e.g. directions.
     Returns:
         name -> sum over the batch of the per-sample absolute gradient, shaped like the parameter.
     """
@@ -214,17 +230,18 @@ def per_sample_abs_grad_sum(
     covered, rest = fast_plan(module, set(names))
     out: dict[str, torch.Tensor] = {}
     if covered:
-        fast, misfits = _covered_abs_grad_sum(module, inputs, covered)
+        fast, misfits = _covered_abs_grad_sum(module, inputs, covered, objective, aux)
         out.update(fast)
         rest += sorted(n for path in misfits for n in _own_parameters(path, covered[path]) if n in names)
     if rest:
         logger.debug("per-sample gradients by vmap for %s", ", ".join(rest))
-        out.update(_vmap_abs_grad_sum(module, inputs, rest))
+        out.update(_vmap_abs_grad_sum(module, inputs, rest, objective, aux))
     return {n: out[n] if n in out else torch.zeros_like(params[n]) for n in names}
 
 
 def _covered_abs_grad_sum(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], covered: dict[str, nn.Module]
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], covered: dict[str, nn.Module], objective: Objective,
+    aux: tuple[torch.Tensor, ...],
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The covered layers' sums, and the layers that turned out not to see one row per sample."""
     batch = inputs[0].shape[0]
@@ -250,7 +267,7 @@ def _covered_abs_grad_sum(
     handles = [m.register_forward_hook(record(path), with_kwargs=True) for path, m in covered.items()]
     try:
         with torch.enable_grad():
-            loss = module(*inputs).pow(2).sum()
+            loss = objective(module(*inputs), *aux)
     finally:
         for h in handles:
             h.remove()
@@ -274,14 +291,18 @@ def _covered_abs_grad_sum(
     return out, misfits
 
 
-def _vmap_abs_grad_sum(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]) -> dict[str, torch.Tensor]:
+def _vmap_abs_grad_sum(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], objective: Objective,
+                       aux: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """The fallback: every sample's gradient of ``names`` at once by ``vmap(grad)``, then |.| and the sum."""
     params = {n: p.detach() for n, p in module.named_parameters()}
     local = {n: params.pop(n) for n in names}
     buffers = dict(module.named_buffers())
 
-    def sq_norm(p: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, (p, params, buffers), tuple(s.unsqueeze(0) for s in sample)).pow(2).sum()
+    def one_sample(p: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
+        x, a = sample[: len(inputs)], sample[len(inputs) :]
+        output = functional_call(module, (p, params, buffers), tuple(s.unsqueeze(0) for s in x))
+        return objective(output, *(s.unsqueeze(0) for s in a))
 
-    per_sample = vmap(grad(sq_norm), in_dims=(None,) + (0,) * len(inputs))(local, *inputs)  # name -> (B, *shape)
+    in_dims = (None,) + (0,) * (len(inputs) + len(aux))
+    per_sample = vmap(grad(one_sample), in_dims=in_dims)(local, *inputs, *aux)  # name -> (B, *shape)
     return {n: g.abs().sum(0) for n, g in per_sample.items()}

@@ -7,7 +7,9 @@ During a task, every optimizer step adds to a per-parameter path integral (SI Eq
 g is the gradient of the TASK loss only, without the SI penalty, as in the authors' code (their
 ``unreg_grads``): the penalty's own pull towards the anchor would otherwise count as "work done
 for the task". The loop's ``p.grad`` holds the gradient of task loss + penalty; the penalty's part
-is known in closed form, ``2 * lambda * Omega * (theta - theta*)``, and is subtracted.
+is known in closed form, ``2 * lambda * Omega * (theta - theta*)``, and is subtracted. With
+``method.penalty: decoupled`` ``p.grad`` is the task loss's alone; the step's parameter change
+then includes the decoupled pull, as with ``loss`` it includes the penalty's share of the step.
 
 At the end of the task (SI Eq. 5), with Delta_k the parameter's total change over the task:
 
@@ -36,6 +38,8 @@ class SI(QuadraticPenalty):
     Options (``method.*``):
         lam: penalty strength (SI's c).
         accumulate, alpha: importance across tasks, ``sum`` (SI Eq. 5) or ``blend``.
+        penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
+        importance_norm: ``none`` or ``mean`` (each task's Omega divided by its mean per tower).
         xi: the damping in Eq. 5, > 0.
     """
 
@@ -62,13 +66,14 @@ class SI(QuadraticPenalty):
         grads = {}
         for n, p in params.items():
             g = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-            if n in omega:  # remove the penalty's gradient: task loss only
+            if n in omega and self.cfg.penalty == "loss":  # remove the penalty's gradient: task loss only
                 g -= 2 * self.cfg.lam * omega[n] * (p.detach() - anchor[n])
             grads[n] = g
         self._step = ({n: p.detach().clone() for n, p in params.items()}, grads)
 
-    def after_step(self, model: nn.Module) -> None:
-        """Add the step's contribution to the path integral (SI Eq. 3)."""
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        """Apply the decoupled pull if any, then add the step's contribution to the path integral (SI Eq. 3)."""
+        super().after_step(model, lr)
         if self._step is None:
             return
         before, grads = self._step

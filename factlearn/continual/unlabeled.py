@@ -73,10 +73,13 @@ class DataImportance(QuadraticPenalty):
 
     Options, besides the quadratic penalty's: ``importance_batch_size`` (samples per pass),
     ``max_importance_samples`` (a seeded subset of the samples, also of ``importance_data``),
-    ``importance_data`` (the unlabeled images; MAS paper, Sec. 5).
+    ``importance_data`` (the unlabeled images; MAS paper, Sec. 5), ``importance_images`` and
+    ``importance_facts`` (held-out images, a subset of the facts: the training session picks the
+    task data these methods see; MAS paper, Sec. 5, Table 4).
     """
 
-    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples", "importance_data")
+    options = QuadraticPenalty.options + ("importance_batch_size", "max_importance_samples", "importance_data",
+                                          "importance_images", "importance_facts")
 
     def __init__(self, cfg: MethodConfig):
         super().__init__(cfg)

@@ -10,13 +10,20 @@ facts by their slots, not by id, since ids belong to the fact table of a run:
 
     {"kind": "random", "seed": 0,
      "tasks": [{"name": "B1", "facts": [["dog", null, null], ["man", "riding", "horse"]],
-                "adaptation": {"B11": ["images/a.png", ...], "B12": [...]}}, ...],
+                "held_out": ["images/c.png", ...],
+                "adaptation": {"B11": ["images/a.png", ...], "B12": [...]},
+                "adaptation_facts": {"B11": [["dog", null, null]], "B12": [...]}}, ...],
      "monitored": {"sports": [["man", "playing", "ball"], ...]}}
 
 A fact is ``[S, P, O]`` with null for a missing slot (shorter lists and ``"<S, P, O>"`` text are
-also read). ``adaptation`` (optional, per task) holds two disjoint halves of the task's training
-images, by path relative to the data directory; ``monitored`` (optional) names groups of facts
-to track across the sequence. Any other top-level key (``kind``, ``seed``, ``source``...) is
+also read). Optional per task: ``held_out``, training images of the task's facts that training
+leaves out (unlabeled data for importance that the model never trained on); ``adaptation``, the
+images importance is computed from for each adaptation subset (B11, B12), by path relative to the
+data directory; ``adaptation_facts``, the facts of each subset when the subsets are fact-level
+(``factlearn split --adaptation``: B11 and B12 are disjoint halves of B1's FACTS and their
+images are the held-out images of those facts) and absent when they are halves of the same facts'
+training images (``--adaptation-images``). ``monitored`` (optional) names groups of facts to
+track across the sequence. Any other top-level key (``kind``, ``seed``, ``source``...) is
 information only.
 """
 
@@ -173,6 +180,39 @@ def adaptation_halves(dataset: Dataset, task: Task, is_test: np.ndarray, seed: i
     return np.array(sorted(halves[0]), dtype=np.int64), np.array(sorted(halves[1]), dtype=np.int64)
 
 
+def fact_halves(task: Task, seed: int) -> tuple[list[int], list[int]]:
+    """Cut a task's FACTS into two disjoint halves (B11, B12 for task B1), seeded; the first gets
+    the extra fact of an odd count.
+
+    The MAS paper's adaptation experiment (Aljundi et al. 2018, Sec. 5, Table 4) computes
+    importance from unlabeled data of one subset and shows that subset is kept better than the
+    other. Halves of the same facts' images cannot show that (their importance is the same by
+    construction); halves of the facts can.
+    """
+    order = np.random.default_rng([seed, 13]).permutation(np.array(sorted(task.facts), dtype=np.int64))
+    cut = (len(order) + 1) // 2
+    return sorted(int(f) for f in order[:cut]), sorted(int(f) for f in order[cut:])
+
+
+def held_out_images(dataset: Dataset, facts: list[int], is_test: np.ndarray, fraction: float,
+                    seed: int) -> np.ndarray:
+    """Per fact of ``facts``, a seeded ``fraction`` of its TRAINING images to keep out of training:
+    unlabeled images of the fact the model never sees labeled, e.g. for importance.
+
+    Each fact keeps at least one training image; a fact with two or more gives at least one.
+    Returns the record indices, sorted.
+    """
+    fact_ids = np.array(dataset.fact_ids())
+    rng = np.random.default_rng([seed, 17])
+    out: list[int] = []
+    for fid in sorted(facts):
+        rows = rng.permutation(np.flatnonzero((fact_ids == fid) & ~is_test))
+        if len(rows) >= 2:
+            take = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+            out.extend(int(i) for i in rows[:take])
+    return np.array(sorted(out), dtype=np.int64)
+
+
 def adaptation_names(task: Task) -> tuple[str, str]:
     """The names of a task's two adaptation halves: ``B11`` and ``B12`` for ``B1``."""
     return f"{task.name}1", f"{task.name}2"
@@ -198,6 +238,8 @@ class TaskFile:
     info: dict = field(default_factory=dict)  # kind, seed, source...: information only
     adaptation: dict[str, list[int]] = field(default_factory=dict)  # "B11" -> record indices
     monitored: dict[str, list[int]] = field(default_factory=dict)  # group name -> fact ids
+    held_out: list[int] = field(default_factory=list)  # record indices training leaves out
+    adaptation_facts: dict[str, list[int]] = field(default_factory=dict)  # "B11" -> fact ids (fact-level)
 
 
 def save_tasks_file(path: str | Path, task_file: TaskFile, dataset: Dataset) -> None:
@@ -205,12 +247,20 @@ def save_tasks_file(path: str | Path, task_file: TaskFile, dataset: Dataset) -> 
     from ..io import atomic_write_text
 
     table, names = dataset.facts, [_image_name(r.image, dataset.root) for r in dataset.records]
+    records_fact = dataset.fact_ids()
     tasks = []
     for task in task_file.tasks:
         entry: dict = {"name": task.name, "facts": [list(table[f].slots) for f in task.facts]}
+        mine = set(task.facts)
+        held = [i for i in task_file.held_out if records_fact[i] in mine]
+        if held:
+            entry["held_out"] = [names[i] for i in held]
         halves = {n: task_file.adaptation[n] for n in adaptation_names(task) if n in task_file.adaptation}
         if halves:
             entry["adaptation"] = {n: [names[i] for i in rows] for n, rows in halves.items()}
+        subsets = {n: task_file.adaptation_facts[n] for n in adaptation_names(task) if n in task_file.adaptation_facts}
+        if subsets:
+            entry["adaptation_facts"] = {n: [list(table[f].slots) for f in ids] for n, ids in subsets.items()}
         tasks.append(entry)
     doc = {**task_file.info, "tasks": tasks}
     if task_file.monitored:
@@ -240,6 +290,7 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
         raise UserError(f"tasks file {path}: expected an object with a non-empty list 'tasks'")
     records = {_image_name(r.image, dataset.root): i for i, r in enumerate(dataset.records)}
+    fact_of = dataset.fact_ids()
     out = TaskFile([], {k: v for k, v in doc.items() if k not in ("tasks", "monitored")})
     owner: dict[int, str] = {}
     for n, entry in enumerate(doc["tasks"], start=1):
@@ -257,22 +308,31 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
                 raise UserError(f"tasks file {path}: fact {dataset.facts[f]} is in task {owner[f]} and task {name}")
             owner[f] = name
         out.tasks.append(Task(name, sorted(facts)))
+        where = f"tasks file {path}, task {name}"
+        held = _image_rows(entry.get("held_out") or [], records, f"{where}, held_out")
+        strangers = [i for i in held if fact_of[i] not in set(facts)]
+        if strangers:
+            raise UserError(f"{where}, held_out: {dataset.records[strangers[0]].image} is not an image of the task's facts")
+        out.held_out.extend(held)
         halves = entry.get("adaptation") or {}
         if not isinstance(halves, dict):
-            raise UserError(f"tasks file {path}, task {name}: 'adaptation' must map names to image lists")
+            raise UserError(f"{where}: 'adaptation' must map names to image lists")
         for half, images in halves.items():
-            if not isinstance(images, list):
-                raise UserError(f"tasks file {path}, task {name}, adaptation {half}: expected a list of images")
-            for image in images:
-                if not isinstance(image, str) or image not in records:
-                    raise UserError(f"tasks file {path}, task {name}, adaptation {half}: "
-                                    f"{image!r} is not an image of the data")
-            out.adaptation[half] = sorted(records[i] for i in images)
+            out.adaptation[half] = _image_rows(images, records, f"{where}, adaptation {half}")
+        subsets = entry.get("adaptation_facts") or {}
+        if not isinstance(subsets, dict):
+            raise UserError(f"{where}: 'adaptation_facts' must map names to fact lists")
+        for half, listed in subsets.items():
+            ids = _fact_ids(listed, dataset.facts, f"{where}, adaptation_facts {half}")
+            if not set(ids) <= set(facts):
+                raise UserError(f"{where}, adaptation_facts {half}: a fact that is not the task's")
+            out.adaptation_facts[half] = sorted(ids)
     monitored = doc.get("monitored") or {}
     if not isinstance(monitored, dict):
         raise UserError(f"tasks file {path}: 'monitored' must map group names to fact lists")
     for group, facts in monitored.items():
         out.monitored[group] = sorted(_fact_ids(facts, dataset.facts, f"tasks file {path}, monitored {group}"))
+    out.held_out.sort()
     unused = len(dataset.facts) - len(owner)
     if unused:
         logger.warning("%d facts of the data are in no task of %s and are not trained", unused, path)
@@ -281,6 +341,16 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
 
 _JSON_SCALAR = r'(?:"(?:[^"\\]|\\.)*"|null)'  # a JSON string or null: a fact slot
 _FACT_LIST = re.compile(rf"\[\n\s*((?:{_JSON_SCALAR},\n\s*){{0,2}}{_JSON_SCALAR})\n\s*\]")  # indented [S, P, O]
+
+
+def _image_rows(images: object, records: dict[str, int], where: str) -> list[int]:
+    """Record indices of a list of image paths (relative to the data directory), sorted."""
+    if not isinstance(images, list):
+        raise UserError(f"{where}: expected a list of images")
+    for image in images:
+        if not isinstance(image, str) or image not in records:
+            raise UserError(f"{where}: {image!r} is not an image of the data")
+    return sorted(records[i] for i in images)
 
 
 def _fact_ids(facts: object, table: FactTable, where: str) -> list[int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import UserError
 from .config import Experiments, WorldSpec
 
-HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation` names them
+HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation-images` names them
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def write_tasks_files(plan: Plan, log: Path) -> None:
 def split_options(plan: Plan, sequence: str) -> list[str]:
     """The options of the ``factlearn split`` that writes a sequence's task file (but --out)."""
     kind, tasks = plan.sequences[sequence]
-    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), "--adaptation",
+    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), "--adaptation-images",
             "--test-fraction", str(plan.test_fraction)]
 
 

@@ -7,6 +7,9 @@ output, which is constant after normalisation. Retrieval and the losses use
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import logging
 from pathlib import Path
 
@@ -20,27 +23,84 @@ from .vocab import Vocabulary
 logger = logging.getLogger(__name__)
 
 
-def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
+def _family(kind: str) -> tuple[type, type, dict, dict]:
+    """(config class, model class, config defaults factlearn sets, model keyword arguments) of a
+    backbone family."""
+    from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
+
+    if kind == "resnet":
+        return ResNetConfig, ResNetModel, {"layer_type": "basic"}, {}
+    return ViTConfig, ViTModel, {}, {"add_pooling_layer": False}
+
+
+def pretrained_architecture(cfg: ModelConfig) -> dict:
+    """The architecture of the backbone in ``cfg.pretrained``: the keys of its config.json that its
+    transformers config class defines (ResNetConfig: embedding_size, hidden_sizes, depths, ...).
+
+    Every key ``cfg.backbone_config`` gives (and ``image_size`` for a ViT) must agree with the
+    folder's. A folder that is not a pretrained backbone of ``cfg.backbone``'s family, or one that
+    disagrees with the config, is a one-line UserError naming it.
+    """
+    from transformers import PretrainedConfig
+
+    folder, (config_cls, *_) = Path(cfg.pretrained), _family(cfg.backbone)
+    where = f"model.pretrained: {folder}"
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{where} is not a pretrained image tower (no config.json; `factlearn pretrain` "
+                        "writes one)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{where}: its config.json is unreadable: {exc}") from None
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    if kind != cfg.backbone:
+        raise UserError(f"{where} holds a {kind!r} backbone, but model.backbone is {cfg.backbone!r}")
+    if not any(folder.glob("*.safetensors")):
+        raise UserError(f"{where} has no safetensors weights (model.safetensors)")
+    own = set(inspect.signature(config_cls.__init__).parameters) - set(
+        inspect.signature(PretrainedConfig.__init__).parameters) - {"kwargs"}
+    arch = {k: data[k] for k in sorted(own) if k in data}
+    given = {**({"image_size": cfg.image_size} if cfg.backbone == "vit" else {}), **cfg.backbone_config}
+    for key, value in given.items():
+        if key in arch and json.loads(json.dumps(value)) != arch[key]:  # tuples compare as JSON lists
+            name = "model.image_size" if key == "image_size" and key not in cfg.backbone_config \
+                else f"model.backbone_config.{key}"
+            raise UserError(f"{where}: its backbone has {key} {arch[key]!r}, but {name} is {value!r}; "
+                            "use the model section it was pretrained with")
+    return arch
+
+
+def resolve_pretrained(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``backbone_config`` completed from the ``pretrained`` folder's architecture
+    (checked by :func:`pretrained_architecture`), so that a run's config.yaml records what its
+    checkpoints need and ``create_model(..., from_checkpoint=True)`` builds the backbone without the
+    folder. Without ``pretrained``: ``cfg`` itself."""
+    if not cfg.pretrained:
+        return cfg
+    return dataclasses.replace(cfg, backbone_config={**cfg.backbone_config, **pretrained_architecture(cfg)})
+
+
+def build_backbone(cfg: ModelConfig, from_checkpoint: bool = False) -> tuple[nn.Module, int]:
     """A transformers vision backbone from its config (random init) or a local pretrained folder.
 
     Returns the module and its output channel count. No network access: ``pretrained`` must be a
     local directory saved with ``save_pretrained`` (safetensors weights; nothing is unpickled).
+    ``from_checkpoint``: weights are loaded next, so the backbone is built from ``backbone_config``
+    (a run records the pretrained folder's architecture there: :func:`resolve_pretrained`) and the
+    folder is not read: a run loads after it is gone.
     """
-    from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
-
-    if cfg.backbone == "resnet":
-        config_cls, model_cls, extra = ResNetConfig, ResNetModel, {"layer_type": "basic"}
-    else:
-        config_cls, model_cls = ViTConfig, ViTModel
-        extra = {"image_size": cfg.image_size, "add_pooling_layer": False}
-    add_pooling = extra.pop("add_pooling_layer", None)
-    kwargs = {} if add_pooling is None else {"add_pooling_layer": add_pooling}
-    if cfg.pretrained:
+    config_cls, model_cls, extra, kwargs = _family(cfg.backbone)
+    if cfg.backbone == "vit":
+        extra = {**extra, "image_size": cfg.image_size}
+    if cfg.pretrained and not from_checkpoint:
+        pretrained_architecture(cfg)  # the folder is a backbone of this family, and agrees with the config
         try:
             # safetensors only: a pytorch_model.bin would be unpickled
             backbone = model_cls.from_pretrained(cfg.pretrained, local_files_only=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as exc:
-            raise UserError(f"model.pretrained: cannot load a {cfg.backbone} backbone from {cfg.pretrained}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"model.pretrained: cannot load a {cfg.backbone} backbone from {cfg.pretrained}: "
+                            f"{first}") from None
     else:
         try:
             config = config_cls(**{**extra, **cfg.backbone_config})
@@ -76,10 +136,10 @@ class ImageTower(nn.Module):
     first so that layout (left of / above) survives into the predicate and object slots.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, from_checkpoint: bool = False):
         super().__init__()
         self.kind = cfg.backbone
-        self.backbone, channels = build_backbone(cfg)
+        self.backbone, channels = build_backbone(cfg, from_checkpoint)
         self.frozen = freeze_stages(self.backbone, cfg.backbone, cfg.freeze_stages)
         hidden, d, g = cfg.text_hidden, cfg.slot_dim, cfg.po_grid
         self.s_branch = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, d))

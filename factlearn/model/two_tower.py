@@ -36,7 +36,7 @@ class FactModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
-        self.image_tower = ImageTower(cfg)
+        self.image_tower = ImageTower(cfg, from_checkpoint)
         self.language_tower = build_language_tower(cfg, vocab, from_checkpoint)
 
     @property
@@ -89,6 +89,7 @@ def create_model(cfg: ModelConfig, vocab: Vocabulary, from_checkpoint: bool = Fa
     """The one way models get built.
 
     ``from_checkpoint=True`` when a checkpoint's weights are loaded next: data the checkpoint holds
-    (the ``vectors`` tower's word-vector table) is then not read from its file.
+    (the ``vectors`` tower's word-vector table, a ``pretrained`` backbone's weights) is then not
+    read from its file; the backbone is built from ``cfg.backbone_config``.
     """
     return FactModel(cfg, vocab, from_checkpoint)

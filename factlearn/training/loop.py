@@ -17,6 +17,7 @@ towers; rank 0 alone writes and evaluates (:mod:`factlearn.distributed`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from contextlib import ExitStack
@@ -31,9 +32,11 @@ from ..data.splits import save_split
 from ..device import resolve_device
 from ..distributed import join_group, leave_group
 from ..errors import Interrupted, UserError
+from ..model import resolve_pretrained
 from ..results import FILE as METRICS_FILE
 from ..results import PROTOCOLS, metrics_document
 from ..run import RunDir
+from .schedule import Plateau
 from .session import Session
 from .signals import StopRequest
 from .state import check_out_dir, restore, trainer_state
@@ -63,9 +66,14 @@ def train(
 
     Started by torchrun (``WORLD_SIZE`` > 1), every process calls this and they train together
     (:mod:`factlearn.distributed`); rank 0 writes the run directory and returns the same document.
+
+    With ``model.pretrained``, the folder's backbone architecture is written into the run's
+    ``model.backbone_config`` (:func:`factlearn.model.resolve_pretrained`): the run then loads
+    without the folder.
     """
     ctx, dev, owned = join_group(resolve_device(device))
     try:
+        cfg = ctx.agree(lambda: dataclasses.replace(cfg, model=resolve_pretrained(cfg.model)))
         run = RunDir(out_dir)
         fresh = ctx.agree(lambda: check_out_dir(run, resume))
         dataset = ctx.agree(lambda: load_dataset(data_dir))
@@ -88,6 +96,7 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
            dev: torch.device) -> dict:
     ctx = s.dist  # rank 0 writes; the others wait for it where they could otherwise exit first
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
+    epochs: dict[str, int] = {}  # task name -> epochs trained (fewer than train.epochs at a plateau)
     start, partial = 0, None
     if fresh:
         if ctx.is_main:
@@ -96,23 +105,26 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
             run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
             run.write_json("vocab.json", s.vocab.words[2:])
             save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
-            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world)  # last: from now on the folder is a run
+            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world, epochs, {})  # last: from now on a run
     else:
-        start, rows, partial = ctx.agree(lambda: restore(run, s, cfg, seed))  # every rank reads it
+        start, rows, epochs, partial = ctx.agree(lambda: restore(run, s, cfg, seed))  # every rank reads it
         if ctx.is_main:  # after every rank has read the checkpoints
             if start:
-                _write_progress(run, s, cfg, rows, data_dir, seed, dev, start)  # a crash may have come before them
+                _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, start)  # a crash may have come before
             if partial is None:
                 run.clear_partials()  # none, or one of a task completed since: nothing to continue
     last_good = run.checkpoint(s.tasks[start - 1].name) if start else None  # named when training diverges
 
-    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer) -> Path | None:
+    def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer,
+                     plateau: Plateau | None) -> Path | None:
         nonlocal last_good
         check_finite(s.model, s.method, f"task {s.tasks[t].name} (step {done})")  # the same parameters on every rank
         if ctx.is_main:
             tensors, scalars = trainer_state(dev, opt)
             state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
-                     "step": done, "rows": rows, "optimizer": scalars}
+                     "step": done, "rows": rows, "epochs": epochs, "optimizer": scalars}
+            if plateau is not None:
+                state["plateau"] = plateau.state_dict()
             last_good = run.save_partial(s.tasks[t].name, done, s.model, s.method, state, tensors)
         ctx.barrier()
         return last_good
@@ -121,7 +133,8 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
         for t in range(start, len(s.tasks)):
             name = s.tasks[t].name
             try:
-                train_task(s, t, partial if t == start else None, functools.partial(save_partial, t), stop)
+                epochs[name] = train_task(s, t, partial if t == start else None, functools.partial(save_partial, t),
+                                          stop)
                 check_finite(s.model, s.method, f"the end of task {name}")
             except Diverged as exc:
                 kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
@@ -130,10 +143,11 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
                 for proto, result in s.evaluate(t + 1, PROTOCOLS).items():
                     rows[proto].append(result)
                 tensors, _ = trainer_state(dev)
-                last_good = run.save_checkpoint(name, s.model, s.method,
-                                                {"kind": "task", "task": t, "name": name, "rows": rows}, tensors)
+                last_good = run.save_checkpoint(name, s.model, s.method, {"kind": "task", "task": t, "name": name,
+                                                                          "rows": rows, "epochs": epochs,
+                                                                          "validation": s.validation}, tensors)
                 run.clear_partials()
-                doc = _write_progress(run, s, cfg, rows, data_dir, seed, dev, t + 1)
+                doc = _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, t + 1)
                 final = doc["final"]
                 logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
             else:
@@ -145,17 +159,18 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
     return run.read_json(METRICS_FILE)
 
 
-def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, data_dir, seed: int, dev: torch.device,
-                    completed: int) -> dict:
+def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, epochs: dict[str, int], data_dir, seed: int,
+                    dev: torch.device, completed: int) -> dict:
     """metrics.json and run.json after ``completed`` tasks (written after the task's checkpoint)."""
     doc = metrics_document(cfg.method.name, cfg.eval.protocol, [task.name for task in s.tasks], rows)
     run.write_json(METRICS_FILE, doc)
-    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]], s.dist.world)
+    _write_run_json(run, data_dir, cfg, seed, dev, [task.name for task in s.tasks[:completed]], s.dist.world, epochs,
+                    s.validation)
     return doc
 
 
 def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str],
-                    processes: int) -> None:
+                    processes: int, epochs: dict[str, int], validation: dict[str, list[float]]) -> None:
     run.write_json("run.json", {
         "factlearn_version": __version__,
         "data": str(Path(data_dir).resolve()),
@@ -164,4 +179,6 @@ def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.de
         "device": str(dev),
         "processes": processes,  # ranks that trained the latest task together (the results do not depend on it)
         "completed": done,
+        "epochs": {name: epochs[name] for name in done if name in epochs},  # per task; < train.epochs at a plateau
+        "validation": {name: validation[name] for name in done if name in validation},  # top-1 per epoch
     })

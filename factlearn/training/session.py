@@ -23,8 +23,9 @@ from ..distributed import SINGLE, Context
 from ..errors import UserError
 from ..evaluate import evaluate_tasks
 from ..facts import matches
-from ..losses import fact_loss
+from ..losses import check_loss, fact_loss
 from ..model import FactModel, Vocabulary, create_model
+from .provenance import check_pretraining
 
 
 class Session:
@@ -37,12 +38,27 @@ class Session:
                  dist: Context = SINGLE):
         self.dataset, self.cfg, self.seed, self.device, self.progress = dataset, cfg, seed, device, progress
         self.dist = dist
-        if cfg.split.tasks_file is not None:
-            self.tasks = load_tasks_file(cfg.split.tasks_file, dataset).tasks
+        check_loss(cfg.loss, cfg.model)
+        task_file = load_tasks_file(cfg.split.tasks_file, dataset) if cfg.split.tasks_file is not None else None
+        if task_file is not None:
+            self.tasks = task_file.tasks
         else:
             self.tasks = make_split(dataset, cfg.split.kind, cfg.split.tasks, cfg.split.seed)
         self.is_test = image_splits(dataset, cfg.split.test_fraction, cfg.split.seed)
         self.fact_ids = np.array(dataset.fact_ids())
+        # (N,) bool: the task file's held-out images, which training never sees (unlabeled data for
+        # importance); then the validation images carved from what is left (train.val_fraction).
+        self.is_held_out = np.zeros(len(self.fact_ids), dtype=bool)
+        self.subsets: dict[str, list[int]] = {}  # importance subsets: adaptation subsets, monitored groups
+        if task_file is not None:
+            self.is_held_out[task_file.held_out] = True
+            self.is_held_out &= ~self.is_test  # a test image is never trained on anyway
+            self.subsets = {**task_file.monitored, **task_file.adaptation_facts}
+        self._check_importance_source(cfg.method.importance_images, cfg.method.importance_facts)
+        self.validation: dict[str, list[float]] = {}  # task -> validation top-1 after each epoch (plateau)
+        self.is_val = self._carve_validation(cfg.train.val_fraction)
+        if cfg.model.pretrained:  # a backbone pretrained on these facts would flatter every method
+            check_pretraining(cfg.model.pretrained, [dataset.facts[f] for task in self.tasks for f in task.facts])
         for task in self.tasks:  # before anything is decoded or trained: a run never fails half-way for this
             for test, what in ((False, "training"), (True, "test")):
                 if len(self.rows(task, test)) == 0:
@@ -58,9 +74,64 @@ class Session:
         self.model: FactModel = create_model(cfg.model, self.vocab).to(device)
         self.method: Method = create_method(cfg.method)
 
+    def _carve_validation(self, fraction: float) -> np.ndarray:
+        """``train.val_fraction`` of each task's training images, drawn by (seed, task), as a mask."""
+        is_val = np.zeros(len(self.fact_ids), dtype=bool)
+        if not fraction:
+            return is_val
+        for t, task in enumerate(self.tasks):
+            train = np.flatnonzero(np.isin(self.fact_ids, task.facts) & ~self.is_test & ~self.is_held_out)
+            n = max(1, round(fraction * len(train)))
+            if n >= len(train):
+                raise UserError(f"config train.val_fraction: {fraction} of task {task.name}'s {len(train)} training "
+                                "images leaves none to train on")
+            is_val[np.random.default_rng([self.seed, 11, t]).choice(train, n, replace=False)] = True
+        return is_val
+
     def rows(self, task: Task, test: bool) -> np.ndarray:
-        """Positions (in the data set) of ``task``'s test or training images."""
-        return np.flatnonzero(np.isin(self.fact_ids, task.facts) & (self.is_test == test))
+        """Positions (in the data set) of ``task``'s test or training images (the training images
+        without the task file's held-out ones and those carved for validation: ``train.val_fraction``)."""
+        return np.flatnonzero(np.isin(self.fact_ids, task.facts) & (self.is_test == test) & ~self.is_val
+                              & ~self.is_held_out)
+
+    def _check_importance_source(self, images: str, facts: str) -> None:
+        """``method.importance_images`` / ``importance_facts`` must name what the task file has."""
+        if facts != "all" and facts not in self.subsets:
+            known = ", ".join(sorted(self.subsets)) or "none: give split.tasks_file (factlearn split --adaptation)"
+            raise UserError(f"config method.importance_facts: {facts!r} is not a subset of the task file "
+                            f"(adaptation subsets and monitored groups: {known})")
+        if images == "held_out" and not self.is_held_out.any():
+            raise UserError("config method.importance_images: held_out, but the task file holds out no image "
+                            "(write it with factlearn split --adaptation)")
+
+    def importance_data(self, t: int) -> TaskData:
+        """What the method computes its state from after task t: the task's training images
+        (default), or with ``method.importance_images: held_out`` the held-out ones, and with
+        ``method.importance_facts: SUBSET`` only the images of the subset's facts learned so far
+        (tasks 1..t): the importance then protects that subset (MAS paper, Sec. 5, Table 4 and the
+        sports facts of Fig. 4). The language tower sees the same images' facts."""
+        cfg, task = self.cfg.method, self.tasks[t]
+        if cfg.importance_images == "train" and cfg.importance_facts == "all":
+            return self.task_data(task)
+        facts = task.facts
+        if cfg.importance_facts != "all":
+            learned = {f for done in self.tasks[: t + 1] for f in done.facts}
+            facts = sorted(learned & set(self.subsets[cfg.importance_facts]))
+        held = cfg.importance_images == "held_out"
+        pool = self.is_held_out if held else ~self.is_test & ~self.is_val & ~self.is_held_out
+        rows = np.flatnonzero(np.isin(self.fact_ids, facts) & pool)
+        name = f"{task.name} ({cfg.importance_facts} facts, {cfg.importance_images} images)"
+        return self.task_data(Task(name, facts), rows, may_be_empty=cfg.importance_facts != "all")
+
+    def validate(self, task: Task) -> float:
+        """Top-1 of the model in memory on ``task``'s validation images, among its facts (standard
+        protocol), through the evaluation pipeline. Rank 0 evaluates and every rank gets its score."""
+        score = 0.0
+        if self.dist.is_main:
+            rows = np.flatnonzero(np.isin(self.fact_ids, task.facts) & self.is_val)
+            score = evaluate_tasks(self.model, self.dataset.facts, [task], self.images[rows], self.fact_ids[rows], 1,
+                                   "standard", self.cfg.eval.batch_size)[task.name]["top1"]
+        return self.dist.all_sum([score])[0]
 
     def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """targets (N,): each row's fact as an index into ``facts``; exclude (F, F) bool: candidates
@@ -79,10 +150,11 @@ class Session:
             return self.tasks[t]
         return Task(self.tasks[t].name, sorted(f for task in self.tasks[: t + 1] for f in task.facts))
 
-    def task_data(self, task: Task) -> TaskData:
-        """``task``'s training images and facts as a method sees them (importance, distillation),
-        at most ``method.max_importance_samples`` (a seeded subset), this rank's shard of them."""
-        rows = self.rows(task, test=False)
+    def task_data(self, task: Task, rows: np.ndarray | None = None, may_be_empty: bool = False) -> TaskData:
+        """``task``'s training images (or ``rows``, images of its facts) and facts as a method sees
+        them (importance, distillation), at most ``method.max_importance_samples`` (a seeded
+        subset), this rank's shard of them."""
+        rows = self.rows(task, test=False) if rows is None else rows
         cap = self.cfg.method.max_importance_samples
         if cap is not None and len(rows) > cap:
             rows = np.sort(np.random.default_rng([self.seed, 7]).choice(rows, cap, replace=False))
@@ -113,7 +185,8 @@ class Session:
                     self.slot_mask[fids].to(self.device),
                 )
 
-        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss, shard=self.dist)
+        return TaskData(task.name, len(rows), batches, labeled, (fact_tokens, fact_mask), loss, shard=self.dist,
+                        may_be_empty=may_be_empty)
 
     def optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimizer over the trainable parameters (each task starts with a fresh one)."""

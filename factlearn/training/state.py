@@ -34,6 +34,7 @@ class Partial:
     method: dict[str, torch.Tensor]
     trainer: dict[str, torch.Tensor]  # optimizer.<param index>.<key>, rng.cpu, rng.cuda
     optimizer: dict  # "<param index>.<key>" -> the optimizer state's non-tensor values
+    plateau: dict | None = None  # train.val_fraction: the validation scores so far (Plateau.state_dict)
 
 
 def trainer_state(
@@ -112,12 +113,13 @@ def check_out_dir(run: RunDir, resume: bool) -> bool:
 RESUME_MAY_CHANGE = {"train.checkpoint_every"}
 
 
-def restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict, Partial | None]:
+def restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict, dict[str, int], Partial | None]:
     """Load the last complete checkpoint: the saved config, split and seed must match. Reads only
     (every rank loads the same files; the caller rewrites what a crash may have left stale).
 
-    Returns the first task to train, the metric rows so far, and the mid-task checkpoint to
-    continue that task from (None: from its start).
+    Returns the first task to train, the metric rows so far, the epochs each completed task trained
+    (:func:`epochs_trained`), and the mid-task checkpoint to continue that task from (None: from its
+    start).
     """
     saved = flatten_config(run.config().to_dict())
     for key, value in flatten_config(cfg.to_dict()).items():
@@ -132,16 +134,19 @@ def restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict,
         raise UserError(f"--resume: --seed {seed} differs from the run's seed {info.get('seed')}")
     done = run.completed()
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
+    epochs: dict[str, int] = {}
     if done:
         folder = run.checkpoint(done[-1])
         load_weights(s.model, folder / "model.safetensors")
         s.method.load_state_dict(read_tensors(folder / "method.safetensors"), s.device)
         if (folder / "trainer.safetensors").is_file():  # runs from before it existed: no RNG to restore
             set_rng_state(read_tensors(folder / "trainer.safetensors"), s.device)
-        rows = metric_rows(read_json(folder / "state.json"), folder)
+        state = read_json(folder / "state.json")
+        rows, epochs = metric_rows(state, folder), epochs_trained(state, folder)
+        s.validation.update(validation_curves(state, folder))
     t, found = len(done), run.latest_partial()
     if found is None or t == len(s.tasks) or found[1].get("task") != t or found[1].get("name") != s.tasks[t].name:
-        return t, rows, None
+        return t, rows, epochs, None
     folder, state = found
     try:
         epoch, batch, optimizer = int(state["epoch"]), int(state["batch"]), dict(state["optimizer"])
@@ -149,9 +154,9 @@ def restore(run: RunDir, s: Session, cfg: Config, seed: int) -> tuple[int, dict,
         raise UserError(f"{folder / 'state.json'} is malformed: no epoch, batch or optimizer") from None
     load_weights(s.model, folder / "model.safetensors")
     partial = Partial(folder, epoch, batch, read_tensors(folder / "method.safetensors"),
-                      read_tensors(folder / "trainer.safetensors"), optimizer)
+                      read_tensors(folder / "trainer.safetensors"), optimizer, state.get("plateau"))
     logger.info("resuming task %s at epoch %d, batch %d from %s", state["name"], epoch + 1, batch, folder)
-    return t, metric_rows(state, folder), partial
+    return t, metric_rows(state, folder), epochs, partial
 
 
 def metric_rows(state: object, folder: Path) -> dict[str, list[dict]]:
@@ -160,6 +165,25 @@ def metric_rows(state: object, folder: Path) -> dict[str, list[dict]]:
     if not isinstance(rows, dict) or set(rows) != set(PROTOCOLS):
         raise UserError(f"{folder / 'state.json'} is malformed: no metric rows")
     return rows
+
+
+def epochs_trained(state: object, folder: Path) -> dict[str, int]:
+    """Task name -> epochs it trained (fewer than train.epochs when it stopped at a plateau), from a
+    checkpoint's state.json; empty for checkpoints written before it was recorded."""
+    epochs = state.get("epochs", {}) if isinstance(state, dict) else None
+    if not isinstance(epochs, dict) or not all(isinstance(v, int) for v in epochs.values()):
+        raise UserError(f"{folder / 'state.json'} is malformed: epochs is not a task -> count mapping")
+    return epochs
+
+
+def validation_curves(state: object, folder: Path) -> dict[str, list[float]]:
+    """Task name -> its validation top-1 after each epoch (``train.val_fraction``), from a
+    checkpoint's state.json; empty when there was no validation or it was not recorded."""
+    curves = state.get("validation", {}) if isinstance(state, dict) else None
+    if not isinstance(curves, dict) or not all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                                               for v in curves.values()):
+        raise UserError(f"{folder / 'state.json'} is malformed: validation is not a task -> scores mapping")
+    return {k: [float(x) for x in v] for k, v in curves.items()}
 
 
 def flatten_config(cfg: dict) -> dict:

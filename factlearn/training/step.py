@@ -72,7 +72,7 @@ def train_step(model: torch.nn.Module, method: Method, opt: torch.optim.Optimize
                        "lower train.lr or method.lam.")
     method.before_step(model)
     opt.step()
-    method.after_step(model)
+    method.after_step(model, opt.param_groups[0]["lr"])
     return loss_value, penalty_value
 
 

@@ -1,4 +1,5 @@
-"""Training one task: the epochs, the learning-rate schedule, mid-task checkpoints and stopping.
+"""Training one task: the epochs, the learning-rate schedule, mid-task checkpoints and stopping
+(on Ctrl-C, or at a plateau of the validation top-1).
 
 The epoch order is drawn from a generator seeded by (seed, task, epoch) and the learning rate is a
 pure function of the step (:func:`factlearn.training.schedule.lr_at`), so a task continued from a
@@ -7,6 +8,7 @@ mid-task checkpoint takes exactly the steps an uninterrupted one takes.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -17,26 +19,34 @@ from tqdm.auto import tqdm
 from ..data.images import to_model_input
 from ..distributed import data_parallel
 from ..errors import Interrupted
-from .schedule import lr_at, task_steps
+from .schedule import Plateau, lr_at, task_steps
 from .session import Session
 from .signals import StopRequest
 from .state import Partial, load_optimizer, set_rng_state
 from .step import StepInput, train_step
+
+logger = logging.getLogger(__name__)
 
 
 def train_task(
     s: Session,
     t: int,
     resume: Partial | None = None,
-    save: Callable[[int, int, int, torch.optim.Optimizer], Path] | None = None,
+    save: Callable[[int, int, int, torch.optim.Optimizer, Plateau | None], Path] | None = None,
     stop: StopRequest | None = None,
-) -> None:
+) -> int:
     """Train task t of session ``s`` from its start, or from the mid-task checkpoint ``resume``;
-    the method's ``before_task`` / ``after_task`` hooks frame it.
+    the method's ``before_task`` / ``after_task`` hooks frame it. Returns the epochs trained.
 
-    ``save(epoch, batch, steps_done, optimizer)`` writes a mid-task checkpoint at that position
-    (the next step to take). It is called every ``train.checkpoint_every`` steps, and when
+    ``save(epoch, batch, steps_done, optimizer, plateau)`` writes a mid-task checkpoint at that
+    position (the next step to take). It is called every ``train.checkpoint_every`` steps, and when
     ``stop`` is requested (Ctrl-C), after which :class:`Interrupted` is raised.
+
+    With ``train.val_fraction`` the task is trained to a plateau: after every epoch the validation
+    top-1 (:meth:`Session.validate`) goes into a :class:`Plateau`, and the task ends once it has not
+    improved for ``train.patience`` epochs (``train.epochs`` is the maximum). A checkpoint at the end
+    of an epoch is taken after that epoch's validation and holds the plateau, so a resumed task
+    stops at the same epoch.
 
     ``train.batch_size`` is the global batch: with several ranks each takes its share of it
     (``batch[rank::world]``) and DDP averages the gradients, so the steps are those of one process.
@@ -50,6 +60,8 @@ def train_task(
     opt = s.optimizer()
     s.method.before_task(model, s.task_data(task))
     first_epoch = first_batch = 0
+    plateau = Plateau.from_state(cfg.patience, resume and resume.plateau, resume and resume.folder) \
+        if cfg.val_fraction else None
     if resume is not None:
         # After before_task: the checkpoint holds the method's mid-task state (SI's path integral).
         s.method.load_state_dict(resume.method, s.device)
@@ -61,9 +73,25 @@ def train_task(
     total_steps = task_steps(len(rows), cfg.batch_size, cfg.epochs)
     done = first_epoch * steps_per_epoch + first_batch
     bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not s.progress)
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        """The position (epoch, batch) is reached: save there when asked to stop or when it is time."""
+        if save is None:
+            return
+        if s.dist.any(stop is not None and stop.requested):
+            folder = save(epoch, batch, done, opt, plateau)
+            raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; "
+                              f"checkpoint {folder}. Run the same command with --resume to continue "
+                              "from there.")
+        ending = plateau is not None and plateau.stopped  # the task ends here: its own checkpoint follows
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps and not ending:
+            save(epoch, batch, done, opt, plateau)
+
     try:
         with data_parallel(model, s.dist, cfg.sync_batch_norm) as forward:
             for epoch in range(first_epoch, cfg.epochs):
+                if plateau is not None and plateau.stopped:
+                    break  # resumed from the checkpoint of the epoch it stopped after
                 gen = torch.Generator().manual_seed(s.seed * 1_000_003 + t * 1009 + epoch)
                 order = torch.randperm(len(rows), generator=gen)
                 for batch in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
@@ -80,16 +108,19 @@ def train_task(
                     done += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
-                    if save is None:
-                        continue
-                    position = (epoch, batch + 1) if batch + 1 < steps_per_epoch else (epoch + 1, 0)
-                    if s.dist.any(stop is not None and stop.requested):
-                        folder = save(*position, done, opt)
-                        raise Interrupted(f"stopped in task {task.name} after step {done} of {total_steps}; "
-                                          f"checkpoint {folder}. Run the same command with --resume to continue "
-                                          "from there.")
-                    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
-                        save(*position, done, opt)
+                    if batch + 1 < steps_per_epoch:
+                        checkpoint(epoch, batch + 1)
+                if plateau is not None:
+                    plateau.update(s.validate(stage))
+                    bar.set_postfix(val_top1=f"{plateau.scores[-1]:.3f}", best=f"{plateau.best:.3f}")
+                checkpoint(epoch + 1, 0)
     finally:
         bar.close()
-    s.method.after_task(model, s.task_data(task))
+    epochs = cfg.epochs if plateau is None else len(plateau.scores)
+    if plateau is not None:
+        s.validation[task.name] = list(plateau.scores)
+    if epochs < cfg.epochs:
+        logger.info("task %s stopped after epoch %d of %d: validation top-1 %.3f, no better than %.3f %d epochs "
+                    "before", task.name, epochs, cfg.epochs, plateau.scores[-1], plateau.best, plateau.since_best)
+    s.method.after_task(model, s.importance_data(t))
+    return epochs
