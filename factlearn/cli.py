@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,25 +25,52 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+# OS errors a user can cause or meet, whichever library call hits them: a folder they cannot write,
+# a path that is missing or of the wrong kind, a full disk or quota, a read-only file system. Any
+# other OSError stays a traceback (a programming error, or a broken machine, should be loud).
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
+                  errno.EDQUOT, errno.EROFS}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line for an OS error a user can cause (USER_OS_ERRORS), naming the path; None for others."""
+    if exc.errno not in USER_OS_ERRORS:
+        return None
+    why = os.strerror(exc.errno).lower()
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {why}" if paths else why
+
+
 class Group(click.Group):
-    """Turns a UserError into one line on stderr and exit code 2, never a traceback.
+    """Turns a user's mistake into one line on stderr and exit code 2, never a traceback: a
+    UserError, and the OS errors of USER_OS_ERRORS that library code did not name itself.
 
     Under torchrun, an error every rank meets (see factlearn.distributed) is printed by rank 0
     alone; one only another rank meets is printed by it, naming its rank.
     """
 
     def invoke(self, ctx: click.Context):
-        """Run the command; a UserError becomes one line and exit 2, Ctrl-C exit 130."""
+        """Run the command; a user's mistake becomes one line and exit 2, Ctrl-C exit 130."""
         try:
             return super().invoke(ctx)
         except UserError as exc:
             if not getattr(exc, "quiet", False):
-                click.echo(f"Error: {exc}" if _rank() == 0 else f"Error (rank {_rank()}): {exc}", err=True)
+                _error(exc)
+            ctx.exit(2)
+        except OSError as exc:
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            _error(line)
             ctx.exit(2)
         except KeyboardInterrupt as exc:
             if _rank() == 0:
                 click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
             ctx.exit(130)
+
+
+def _error(message: object) -> None:
+    click.echo(f"Error: {message}" if _rank() == 0 else f"Error (rank {_rank()}): {message}", err=True)
 
 
 @click.group(cls=Group)

@@ -83,15 +83,17 @@ def import_manifest_cmd(src, out_dir, skip_bad, link, workers) -> None:
 @click.argument("src", metavar="CSV_OR_SPLITS_DIR", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--images-root", type=click.Path(path_type=Path), default=None,
-              help="Folder image_links are relative to (default: the parent of the splits/ folder, else the "
-                   "folder of CSV_OR_SPLITS_DIR).")
+              help="Folder image_links are relative to. Default: the data set root (the folder holding splits/, "
+                   "else the folder of CSV_OR_SPLITS_DIR), and for an image not there its images/ folder (the "
+                   "reference code reads ROOT/images/<image_links>).")
 @SKIP_BAD
 @LINK
 @WORKERS
 def import_sherlock_cmd(src, out_dir, images_root, skip_bad, link, workers) -> None:
     """Import the Sherlock / lifelong fact learning CSV format (image_links, NLP_links, SPO, id, w_s, w_p, w_o):
     one CSV, or a split tree (splits/4tasks_random/B1_train.csv ...), which also gives
-    OUT_DIR/tasks/<layout>.json for `train --tasks-file`."""
+    OUT_DIR/tasks/<layout>.json for `train --tasks-file`. train_SPO_df.csv and test_SPO_df.csv beside
+    splits/ are the data set: every row is checked and imported, and the split files must agree with them."""
     from .data.sherlock import import_sherlock
 
     _echo_import(import_sherlock(src, out_dir, images_root=images_root, skip_bad=skip_bad, link=link,

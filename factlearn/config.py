@@ -17,9 +17,8 @@ from typing import Any
 
 import logging
 
-import yaml
-
 from .errors import UserError
+from .io import read_yaml_document
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +178,11 @@ class MethodConfig:
     # adaptation subset such as B11, or a monitored group): its facts learned so far, so the
     # importance protects that subset (MAS paper, Sec. 5: Table 4 and the sports facts of Fig. 4).
     importance_facts: str = "all"
+    # mas: a control of what Omega carries (issue 17), at the same lambda. none: Omega as computed |
+    # shuffled: each parameter tensor's values permuted at random (seeded), so the per-layer
+    # distribution stays and the positions go | noise: computed from uniform random pixels of the
+    # same shape instead of the images (the language tower's from the same facts as without it).
+    importance_control: str = "none"
 
     def check(self) -> None:
         """Raise the loader's one-line UserError if a value is out of range or not a choice (for a
@@ -244,6 +248,7 @@ CHOICES = {
     "method.importance_norm": ("none", "mean"),
     "method.importance_output": ("raw", "normalized"),
     "method.importance_images": ("train", "held_out"),
+    "method.importance_control": ("none", "shuffled", "noise"),
     "eval.protocol": ("standard", "generalized"),
 }
 
@@ -260,7 +265,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         key = f"{where}.{name}" if where else name
         logger.warning("config: %s is no longer used (%s); ignored", key, RETIRED[key])
         data = {k: v for k, v in data.items() if k != name}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # YAML keys may be numbers, booleans or null too
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise UserError(f"config: unknown key {key!r} (known: {', '.join(sorted(names))})")
@@ -297,10 +302,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     base = origin or hint
     if base is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:  # YAML reads "1e-3" as a string
-            number = float(value)
+            number: float | None = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
         except ValueError:
-            pass
-        else:
+            number = None
+        if number is not None:
             if not math.isfinite(number):
                 raise UserError(f"config {key}: expected a finite number, got {value!r}")
             return number
@@ -322,15 +329,13 @@ def _check_values(obj: Any, where: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """A YAML file holding a mapping (empty: {}); missing, invalid or not a mapping is a UserError
-    naming the file."""
+    """A YAML file holding a mapping (empty: {}); missing, invalid or not a mapping is a one-line
+    UserError naming the file (a syntax error as ``file:line:column: not valid YAML: why``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
+        data = read_yaml_document(path) or {}
+    except (FileNotFoundError, IsADirectoryError):
         raise UserError(f"config file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a mapping at the top level")
     return data

@@ -66,9 +66,9 @@ class Metrics:
         """The metrics.json of ``run_dir``; missing or malformed is a UserError naming the file."""
         path = Path(run_dir) / FILE
         doc = read_json(path)
-        if not (isinstance(doc, dict) and isinstance(doc.get("tasks"), list) and isinstance(doc.get("protocols"), dict)
-                and isinstance(doc.get("method"), str) and doc.get("protocol") in doc["protocols"]):
-            raise UserError(f"{path} is malformed: not a factlearn metrics document")
+        problem = _problem(doc)
+        if problem is not None:
+            raise UserError(f"{path} is malformed: {problem}")
         return cls(path, doc)
 
     @property
@@ -99,13 +99,15 @@ class Metrics:
 
     def matrix(self, metric: str, protocol: str | None = None) -> list[list[float]]:
         """matrix[i][j]: ``metric`` of task j after training task i."""
-        return self.block(protocol)["matrix"][metric]
+        block = self.block(protocol)
+        if metric not in block["matrix"]:
+            raise UserError(f"{self.path} has no {metric} metric")
+        return block["matrix"][metric]
 
     def sequence(self, metric: str, protocol: str | None = None) -> dict:
         """Average accuracy, BWT and the rest of :func:`sequence_metrics` over the tasks trained.
         Runs written before metrics.json had a sequence block get it derived from the matrix."""
-        block = self.block(protocol)
-        return block.get("sequence", {}).get(metric) or sequence_metrics(block["matrix"][metric])
+        return self.block(protocol).get("sequence", {}).get(metric) or sequence_metrics(self.matrix(metric, protocol))
 
     def trained(self) -> int:
         """How many tasks the matrix covers (rows written so far)."""
@@ -114,3 +116,48 @@ class Metrics:
     def complete(self) -> bool:
         """Every task of the sequence has its row: the run is finished."""
         return self.trained() == len(self.tasks)
+
+
+def _problem(doc: object) -> str | None:
+    """What makes ``doc`` not a metrics document of the schema above (None: it is one). Every key a
+    reader of :class:`Metrics` indexes is checked here, so reading never fails later."""
+    if not isinstance(doc, dict):
+        return f"expected a JSON object, got {type(doc).__name__}"
+    if not isinstance(doc.get("method"), str):
+        return "no method"
+    tasks = doc.get("tasks")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        return "no task list"
+    blocks = doc.get("protocols")
+    if not isinstance(blocks, dict) or doc.get("protocol") not in blocks:
+        return "no block of its protocol under 'protocols'"
+    for name, block in blocks.items():
+        problem = _block_problem(block, tasks)
+        if problem is not None:
+            return f"protocols.{name}: {problem}"
+    return None
+
+
+def _block_problem(block: object, tasks: list[str]) -> str | None:
+    if not isinstance(block, dict):
+        return "expected an object"
+    matrix, final, sequence = block.get("matrix"), block.get("final"), block.get("sequence", {})
+    if not isinstance(matrix, dict) or "top1" not in matrix:
+        return "no matrix (of top1 at least)"
+    for metric, rows in matrix.items():
+        if not (isinstance(rows, list) and 0 < len(rows) <= len(tasks)
+                and all(isinstance(r, list) and len(r) == len(tasks) and all(_number(v) for v in r) for r in rows)):
+            return f"matrix.{metric}: expected 1 to {len(tasks)} rows of {len(tasks)} numbers"
+    if not isinstance(final, dict) or not all(isinstance(final.get(t), dict) for t in tasks):
+        return "no final metrics for every task"
+    for task in tasks:
+        if not all(_number(final[task].get(m)) for m in matrix):
+            return f"final.{task}: expected the numbers {', '.join(matrix)}"
+    if not isinstance(sequence, dict) or not all(
+            isinstance(v, dict) and _number(v.get("average")) and _number(v.get("bwt")) for v in sequence.values()):
+        return "sequence: expected an average and a bwt per metric"
+    return None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

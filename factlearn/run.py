@@ -8,6 +8,9 @@ Layout::
       facts.json          the fact table (ids = positions) with semantic groups
       vocab.json          the language tower's words
       split.json          the task sequence (fact ids per task)
+      data.json           the fingerprint of the data trained on (factlearn.data.fingerprint: the
+                          manifest's hash, the fact table's, each image's size and modification
+                          time); `train --resume` refuses data that differs from it
       metrics.json        accuracy matrix and final per-task numbers (after every task)
       checkpoints/<TASK>/ after each task: model.safetensors, method.safetensors,
                           trainer.safetensors (RNG state), state.json (metric rows so far)
@@ -16,13 +19,15 @@ Layout::
                           position in the task (epoch, batch), the optimizer's non-tensor
                           values and the plateau's state (train.val_fraction). Only the
                           newest is kept, removed once the task's checkpoint is.
-      .lock               held (flock) by the process training into the directory
+      .lock               held (flock) by the process training into the directory; taking it
+                          removes the temporaries a killed writer left (factlearn.io)
 
 A checkpoint folder is complete once its ``state.json`` is written: every file is written
 atomically (:mod:`factlearn.io`) and state.json last, so a folder cut short by a crash has none
 and is ignored (the tasks completed are those with a complete checkpoint, in split order).
 
-Weights are safetensors and everything else JSON/YAML: loading never unpickles.
+Weights are safetensors and everything else JSON/YAML: loading never unpickles. Weights that are
+not finite are refused when loaded.
 
 Versions: run.json and every safetensors file record ``factlearn_version``; a run is read by
 any factlearn of the same MAJOR version (the major version goes up when the layout or the
@@ -31,6 +36,8 @@ checkpoint format changes incompatibly). Another major version is a UserError na
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,15 +49,18 @@ from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .config import Config, from_dict
+from .data.fingerprint import check_fingerprint, fingerprint_text
 from .data.splits import Task, load_split
 from .errors import UserError
 from .facts import FactTable
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, read_json
+from .io import (atomic_save_tensors, atomic_write_json, atomic_write_text, read_json, read_yaml_document,
+                 remove_stale_temporaries)
 from .model import FactModel, Vocabulary, create_model
 
 
 STATE = "state.json"  # written last into a checkpoint folder: marks it complete
-RUN_FILES = ("config.yaml", "facts.json", "vocab.json", "split.json")  # written before run.json
+DATA = "data.json"  # the fingerprint of the data trained on
+RUN_FILES = ("config.yaml", "facts.json", "vocab.json", "split.json", DATA)  # written before run.json
 
 
 class MethodState(Protocol):
@@ -90,19 +100,29 @@ class RunDir:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold ``.lock`` in the (existing) directory while writing to it: a second process training
-        into the same run directory is refused instead of mixing its files in. The lock goes with
-        the process, however it ends. (No locking where fcntl is missing, e.g. Windows.)"""
+        """Hold ``.lock`` in the directory (created if missing) while writing to it: a second process
+        training into the same run directory is refused instead of mixing its files in. The lock
+        goes with the process, however it ends. Once it is held, the temporaries of writers that
+        were killed are removed (:func:`factlearn.io.remove_stale_temporaries`). A directory that
+        cannot be written is a UserError. (No locking where fcntl is missing, e.g. Windows.)"""
         try:
             import fcntl
         except ImportError:
-            yield
-            return
-        with open(self.path / ".lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise UserError(f"{self.path} is in use by another factlearn process; wait for it to end") from None
+            fcntl = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path / ".lock", "w")
+        except OSError as exc:
+            if not isinstance(exc, (PermissionError, NotADirectoryError, FileExistsError)) and exc.errno != errno.EROFS:
+                raise
+            raise UserError(f"cannot write to {self.path}: {os.strerror(exc.errno).lower()}") from None
+        with f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise UserError(f"{self.path} is in use by another factlearn process; wait for it to end") from None
+            remove_stale_temporaries(self.path, recursive=True)
             yield
 
     def is_run(self) -> bool:
@@ -145,23 +165,38 @@ class RunDir:
         """The run's configuration, checked as strictly as a user's."""
         path = self.file("config.yaml")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = read_yaml_document(path)
         except FileNotFoundError:
             raise UserError(f"missing {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is corrupt: {exc}") from None
+        if not data:  # training writes every section: an empty file is a damaged one, not the defaults
+            raise UserError(f"{path} is malformed: it is empty")
         try:
             return from_dict(Config, data)
         except UserError as exc:
             raise UserError(f"{exc} [in {path}]") from None
 
     def facts(self) -> FactTable:
-        """The run's fact table (ids are positions)."""
+        """The run's fact table (ids are positions), checked to hold every fact split.json names."""
         data = self.read_json("facts.json")
         try:
-            return FactTable.from_json([row["fact"] for row in data])
+            table = FactTable.from_json([row["fact"] for row in data])
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{self.file('facts.json')} is malformed: {exc}") from None
+        top = max((f for task in self.tasks() for f in task.facts), default=-1)
+        if top >= len(table):
+            raise UserError(f"{self.file('facts.json')} is malformed: it holds {len(table)} facts, but "
+                            f"{self.file('split.json')} names fact {top}")
+        return table
+
+    def write_data_fingerprint(self, fingerprint: dict) -> None:
+        """Write data.json (:func:`factlearn.data.fingerprint.data_fingerprint`) atomically."""
+        atomic_write_text(self.file(DATA), fingerprint_text(fingerprint))
+
+    def data_fingerprint(self) -> dict | None:
+        """The fingerprint of the data the run trained on; None for a run written before it was recorded."""
+        if not self.file(DATA).is_file():
+            return None
+        return check_fingerprint(self.read_json(DATA), self.file(DATA))
 
     def tasks(self) -> list[Task]:
         """The run's task sequence (split.json)."""
@@ -235,7 +270,7 @@ class RunDir:
             raise UserError(f"--after {task}: not a completed task of {self.path} (completed: {', '.join(done)})")
         cfg = self.config()
         words = self.read_json("vocab.json")
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
             raise UserError(f"{self.file('vocab.json')} is malformed: expected a list of words")
         vocab = Vocabulary(words)
         model = create_model(cfg.model, vocab, from_checkpoint=True)  # word vectors come from the checkpoint
@@ -264,6 +299,11 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     factlearn (its ``factlearn_version`` metadata, when it has one) is a UserError."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint file not found: {path}")
+    try:  # safe_open's error would not tell a permission problem from a damaged file
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(f"cannot read checkpoint file {path}: permission denied") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -276,7 +316,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights; a key or shape mismatch names the first offending tensor."""
+    """Load safetensors weights; a key or shape mismatch names the first offending tensor, and so
+    does a weight that is not finite (NaN or inf: a damaged checkpoint)."""
     tensors = read_tensors(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -293,6 +334,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
                 f"checkpoint {path} does not match the model config: {name} has shape "
                 f"{tuple(t.shape)}, the model expects {tuple(expected[name].shape)}"
             )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"checkpoint {path} holds non-finite weights ({name} has NaN or inf values); "
+                            "it cannot be used")
     model.load_state_dict(tensors)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from factlearn.cli import main
 from factlearn.data.importers import import_manifest
 from factlearn.data.manifest import ManifestRow, load_dataset, write_manifest
-from factlearn.data.sherlock import import_sherlock
+from factlearn.data.sherlock import import_sherlock, parse_spo
 from factlearn.data.splits import load_tasks_file
 from factlearn.data.vg import import_vg, load_synonyms
 from factlearn.errors import UserError
@@ -161,6 +161,26 @@ def test_manifest_loader_and_importer_read_csv_alike(tmp_path, header, rows, fra
         import_manifest(src, tmp_path / "out")
 
 
+# Found by the property tests (tests/test_properties.py): each was a traceback or a misread file.
+@pytest.mark.parametrize("line, fragment", [
+    ('{"image": "img/a.png\\u0000", "subject": "cat"}', r"image path 'img/a.png\\x00' cannot name a file \(embedded"),
+    ('{"image": "\\ud800.png", "subject": "cat"}', r"image path .* cannot name a file \(a character the file system"),
+    ('{"image": "' + "x" * 300 + '", "subject": "cat"}', r"image path .* cannot name a file \(File name too long\)"),
+    ("[" * 5000, r"not valid JSON \(nested too deeply\)"),
+    ('{"image": "img/a.png", "subject": ' + "1" * 5000 + "}", r"not valid JSON \(a number with too many digits\)"),
+])
+def test_manifest_rows_the_property_tests_found(tmp_path, line, fragment):
+    with pytest.raises(UserError, match=rf"manifest.jsonl:5: {fragment}"):
+        load_dataset(manifest_dir(tmp_path, [line]))
+
+
+def test_manifest_lines_end_at_newline_only(tmp_path):
+    src = manifest_dir(tmp_path)
+    row = {"image": "img/a.png", "subject": "cat\u2028dog", "predicate": "x\x85y"}  # JSON may hold them unescaped
+    (src / "manifest.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert [r.fact for r in load_dataset(src).records] == [Fact("cat dog", "x y")]
+
+
 def test_write_manifest_round_trips(tmp_path):
     data = tmp_path / "data"
     png(data / "images" / "a.png", 1)
@@ -198,8 +218,17 @@ FACTS = {1: ("dog", "", ""), 2: ("man", "smiling", ""), 3: ("man", "riding", "ho
 LAYOUTS = {"4tasks_random": [[1, 3], [2, 4]], "4tasks_semantic": [[1, 4], [2, 3]]}
 
 
-def sherlock_tree(root: Path) -> Path:
-    """Two layouts of two tasks over four facts, three images per fact (two train, one test)."""
+SPLIT_IMAGES = (("train", (0, 1)), ("test", (2,)))  # per fact: images 0, 1 train, 2 test
+
+
+def sherlock_tree(root: Path, reference: bool = False) -> Path:
+    """Two layouts of two tasks over four facts, three images per fact (two train, one test).
+
+    ``reference=True`` lays it out as the reference data set does: image_links relative to
+    ``ROOT/images`` (the reference code reads ``ROOT/images/<image_links>``) and the whole data
+    set in ``ROOT/train_SPO_df.csv`` and ``ROOT/test_SPO_df.csv`` beside ``splits/``.
+    """
+    prefix = "" if reference else "images/"
     for fid in FACTS:
         for j in range(3):
             png(root / "images" / f"f{fid}_{j}.png", 30 * fid + 5 * j)
@@ -208,16 +237,26 @@ def sherlock_tree(root: Path) -> Path:
             folder = root / "splits" / layout
             write_csv(folder / f"B{k}_facts.csv", ["id", "type", "S", "P", "O"],
                       [[fid, sum(bool(w) for w in FACTS[fid]), *FACTS[fid]] for fid in fids])
-            for split, js in (("train", (0, 1)), ("test", (2,))):
-                write_csv(folder / f"B{k}_{split}.csv", IMAGE_HEADER, [image_row(fid, j) for fid in fids for j in js])
+            for split, js in SPLIT_IMAGES:
+                write_csv(folder / f"B{k}_{split}.csv", IMAGE_HEADER,
+                          [image_row(fid, j, prefix) for fid in fids for j in js])
+    if reference:
+        for split, js in SPLIT_IMAGES:
+            write_csv(root / f"{split}_SPO_df.csv", ["", *IMAGE_HEADER],
+                      [[i, *image_row(fid, j, prefix, SPO=spo_text(fid, "_"))]
+                       for i, (fid, j) in enumerate((fid, j) for fid in FACTS for j in js)])
     return root
 
 
-def image_row(fid: int, j: int, **change) -> list:
+def spo_text(fid: int, sep: str = ", ") -> str:
+    """The words of fact ``fid`` joined by ``sep`` (the reference files' SPO with ``sep="_"``)."""
+    return sep.join(w for w in FACTS[fid] if w)
+
+
+def image_row(fid: int, j: int, prefix: str = "images/", **change) -> list:
     s, p, o = FACTS[fid]
-    row = {"image_links": f"images/f{fid}_{j}.png", "NLP_links": f"NLP_feat/{fid}.txt",
-           "SPO": "<" + ", ".join(w for w in (s, p, o) if w) + ">", "id": fid,
-           "w_s": 1, "w_p": int(bool(p)), "w_o": int(bool(o)), **change}
+    row = {"image_links": f"{prefix}f{fid}_{j}.png", "NLP_links": f"NLP_feat/{fid}.txt",
+           "SPO": f"<{spo_text(fid)}>", "id": fid, "w_s": 1, "w_p": int(bool(p)), "w_o": int(bool(o)), **change}
     return [row[c] for c in IMAGE_HEADER]
 
 
@@ -280,6 +319,8 @@ def test_sherlock_single_csv_reads_facts_from_spo(tmp_path):
     ({"image_links": "../../etc/passwd"}, "escapes the images root"),
     ({"image_links": "images/f1_0.png"}, r"is listed again \(first at .*B1_train.csv:2\)"),
     ({"image_links": "images/broken.png"}, "cannot read image"),
+    ({"image_links": "images/f1_2.png\x00"}, r"image_links 'images/f1_2.png\\x00' cannot name a file"),
+    ({"image_links": "x" * 300}, r"cannot name a file \(File name too long\)"),
 ])
 def test_sherlock_bad_rows(tmp_path, change, fragment):
     root = sherlock_tree(tmp_path / "d")
@@ -292,6 +333,15 @@ def test_sherlock_bad_rows(tmp_path, change, fragment):
         import_sherlock(root, tmp_path / "out")
     report = import_sherlock(root, tmp_path / "out", skip_bad=True)
     assert sum(report.skipped.values()) == 1 and report.images == 12
+
+
+def test_sherlock_messages_stay_on_one_line(tmp_path):
+    root = sherlock_tree(tmp_path / "d")
+    append_row(root / "splits" / "4tasks_random" / "B1_train.csv", image_row(1, 2, id="9\n9"))
+    with pytest.raises(UserError) as caught:
+        import_sherlock(root, tmp_path / "out")
+    message = str(caught.value)
+    assert message.splitlines() == [message] and "fact id '9\\n9' is in no facts file" in message
 
 
 def test_sherlock_conflicts_between_layouts_and_files(tmp_path):
@@ -314,6 +364,141 @@ def test_sherlock_conflicts_between_layouts_and_files(tmp_path):
         import_sherlock(root, tmp_path / "out")
     with pytest.raises(UserError, match="no Sherlock split files"):
         import_sherlock(root / "images", tmp_path / "out")
+
+
+def test_sherlock_reference_layout_needs_no_images_root(tmp_path):
+    root = sherlock_tree(tmp_path / "mid_scale", reference=True)  # links relative to ROOT/images
+    r = invoke("data", "import", "sherlock", root, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "12 images of 4 facts" in r.output
+    dataset = load_dataset(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
+        f"f{fid}_{j}.png" for fid in FACTS for j in range(3))  # images/<image_links>, not images/images/...
+    doc = json.loads((tmp_path / "out" / "import.json").read_text())
+    assert [Path(f).name for f in doc["data_files"]] == ["train_SPO_df.csv", "test_SPO_df.csv"]
+    assert len(load_tasks_file(tmp_path / "out" / "tasks" / "4tasks_random.json", dataset).tasks) == 2
+    # an explicit --images-root is taken as it is: no second place to look
+    with pytest.raises(UserError, match=r"train_SPO_df.csv:2: image file not found: 'f1_0.png' under "
+                                        r"\S*mid_scale \(set --images-root"):
+        import_sherlock(root, tmp_path / "o2", images_root=root)
+
+
+def test_sherlock_missing_images_name_images_root(tmp_path):
+    root = sherlock_tree(tmp_path / "mid_scale", reference=True)
+    (root / "images").rename(root / "pictures")
+    r = invoke("data", "import", "sherlock", root, tmp_path / "out")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "train_SPO_df.csv:2: image file not found: 'f1_0.png' under" in r.output and "--images-root" in r.output
+    r = invoke("data", "import", "sherlock", root, tmp_path / "out", "--skip-bad")  # used to say "nothing to import"
+    assert r.exit_code == 2 and "no image found: 36 rows name images that are not under" in r.output
+    assert "--images-root" in r.output
+    r = invoke("data", "import", "sherlock", root, tmp_path / "out", "--images-root", root / "pictures")
+    assert r.exit_code == 0, r.output
+    (root / "pictures").rename(root / "images")
+    (root / "images" / "f4_2.png").unlink()  # some found, one not: the error says where it looked
+    with pytest.raises(UserError, match=r"test_SPO_df.csv:5: image file not found: 'f4_2.png' under \S*mid_scale or "
+                                        r"\S*mid_scale/images \(set --images-root"):
+        import_sherlock(root, tmp_path / "o2")
+
+
+def append_row(path: Path, row: list) -> int:
+    """Append a CSV row; returns its line number."""
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow(row)
+    return len(path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("defect, fragment", [
+    ("missing column", r"train_SPO_df.csv:1: missing column 'w_o'"),
+    ("not UTF-8", r"train_SPO_df.csv:10: not valid UTF-8"),
+    ("escaping path", r"train_SPO_df.csv:10: image path '../../outside.png' escapes the images root"),
+    ("contradicting flags", r"train_SPO_df.csv:10: flags \(w_s, w_p, w_o\) = \(1, 1, 1\) do not fit fact <dog>"),
+])
+def test_sherlock_top_level_files_are_read_and_checked(tmp_path, defect, fragment):
+    root = sherlock_tree(tmp_path / "d", reference=True)
+    top = root / "train_SPO_df.csv"
+    png(tmp_path / "outside.png", 9)
+    if defect == "missing column":
+        write_csv(top, IMAGE_HEADER[:-1], [image_row(1, 0, "")[:-1]])
+    elif defect == "not UTF-8":
+        top.write_bytes(top.read_bytes() + b"f9.png,,caf\xe9,1,1,0,0\n")
+    elif defect == "escaping path":
+        append_row(top, [9, *image_row(1, 0, "../../outside", image_links="../../outside.png")])
+    else:
+        append_row(top, [9, *image_row(1, 0, "", w_p=1, w_o=1)])
+    with pytest.raises(UserError, match=fragment):
+        import_sherlock(root, tmp_path / "out")
+    if defect in ("escaping path", "contradicting flags"):  # a bad row: skipped and counted with --skip-bad
+        report = import_sherlock(root, tmp_path / "out", skip_bad=True)
+        assert report.images == 12 and sum(report.skipped.values()) == 1
+
+
+def test_sherlock_split_rows_must_agree_with_the_top_level_files(tmp_path):
+    root = sherlock_tree(tmp_path / "d", reference=True)
+    top = root / "train_SPO_df.csv"
+    lines = top.read_text().splitlines()
+    top.write_text("\n".join(line for line in lines if ",f3_1.png," not in line) + "\n")
+    with pytest.raises(UserError, match=r"4tasks_random/B1_train.csv:5: image 'f3_1.png' is left out: it is not in "
+                                        r"train_SPO_df.csv / test_SPO_df.csv \(--skip-bad"):
+        import_sherlock(root, tmp_path / "out")
+    report = import_sherlock(root, tmp_path / "out", skip_bad=True)
+    assert report.skipped == {"not in the top-level files": 2}  # listed by both layouts
+    assert report.images == 11
+    # the same image with another fact in the top-level file
+    write_csv(top, ["", *IMAGE_HEADER], [[0, *image_row(2, 0, "", image_links="f1_0.png")]])
+    with pytest.raises(UserError, match=r"4tasks_random/B1_train.csv:2: image 'f1_0.png' is <dog> \(train\) here but "
+                                        r"<man, smiling> \(train\) at .*train_SPO_df.csv:2"):
+        import_sherlock(root, tmp_path / "o2")
+    # an image of the data set in no task is imported all the same: the top-level files are the data set
+    sherlock_tree(root, reference=True)
+    png(root / "images" / "extra.png", 200)
+    append_row(top, [99, *image_row(4, 0, "", image_links="extra.png")])
+    assert import_sherlock(root, tmp_path / "o3").images == 13
+
+
+@pytest.mark.parametrize("spo, fact", [
+    ("one_left of_seven", Fact("one", "left of", "seven")),
+    ("<one_left of_seven>", Fact("one", "left of", "seven")),
+    ("one, left of, seven", Fact("one", "left of", "seven")),
+    ("<man, smiling>", Fact("man", "smiling")),
+    ("man_smiling", Fact("man", "smiling")),
+    (" dog ", Fact("dog")),
+    ("<teddy_bear, on, table>", Fact("teddy_bear", "on", "table")),  # with commas, an underscore is text
+])
+def test_parse_spo_reads_the_reference_forms(spo, fact):
+    assert parse_spo(spo) == fact
+
+
+@pytest.mark.parametrize("spo", ["", "<>", "_dog", "man__horse", "a_b_c_d", "a, b, c, d", "<, left of, seven>"])
+def test_parse_spo_refuses_what_is_not_a_fact(spo):
+    with pytest.raises(ValueError, match="not a fact"):
+        parse_spo(spo)
+
+
+def test_sherlock_single_csv_with_underscore_spo(tmp_path):
+    folder = tmp_path / "d"
+    for j in range(3):
+        png(folder / "images" / f"{j}.png", 50 * j)
+    write_csv(folder / "train_SPO_df.csv", IMAGE_HEADER, [
+        ["0.png", "", "one_left of_seven", 7, 1, 1, 1],
+        ["1.png", "", "one_left of_seven", 7.0, 1, 1, 1],
+        ["2.png", "", "man_smiling", 3, 1, 1, 0]])
+    report = import_sherlock(folder / "train_SPO_df.csv", tmp_path / "out")  # images under d/images: found
+    assert (report.images, report.facts) == (3, 2)
+    facts = {r.image.name: r.fact for r in load_dataset(tmp_path / "out").records}
+    assert facts == {"0.png": Fact("one", "left of", "seven"), "1.png": Fact("one", "left of", "seven"),
+                     "2.png": Fact("man", "smiling")}
+
+
+@pytest.mark.parametrize("name", ["splits/4tasks_random/B2_train.csv", "splits/4tasks_semantic/B1_test.csv",
+                                  "splits/4tasks_random/B1_facts.csv", "test_SPO_df.csv"])
+def test_sherlock_header_only_file_is_refused_at_import(tmp_path, name):
+    root = sherlock_tree(tmp_path / "d", reference=True)
+    path = root / name
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    r = invoke("data", "import", "sherlock", root, tmp_path / "out", "--skip-bad")  # a file's problem: not skipped
+    assert r.exit_code == 2 and r.output.strip() == f"Error: {path}: a header and no rows"
+    assert not (tmp_path / "out").exists()
 
 
 # ---- Visual Genome ----------------------------------------------------------------------------

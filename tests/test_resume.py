@@ -307,3 +307,71 @@ def test_evaluate_ignores_a_half_written_checkpoint(tmp_path, reference):
     (run / "checkpoints" / "B2" / "state.json").unlink()  # as if cut short before its marker
     r = CliRunner().invoke(main, ["evaluate", str(run), "--device", "cpu"])
     assert r.exit_code == 0 and "after B1" in r.output, r.output
+
+
+# ---- the data: --resume continues only on the run's own ------------------------------------------
+
+@pytest.fixture(scope="module")
+def after_b1(tmp_path_factory, tiny_world, cfg_path) -> tuple[Path, Path]:
+    """A copy of the tiny world, and an si run on it stopped after task B1 (B1's checkpoint complete)."""
+    root = tmp_path_factory.mktemp("after_b1")
+    world = root / "world"
+    shutil.copytree(tiny_world, world)
+    with pytest.MonkeyPatch.context() as mp:
+        crash_on_call(mp, factlearn.run.RunDir, "save_checkpoint", 2, after=False)
+        with pytest.raises(Crash):
+            train(world, load_config(cfg_path, VARIANTS["si"]), root / "run", device="cpu")
+    assert factlearn.run.RunDir(root / "run").completed() == ["B1"]
+    return world, root / "run"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_other_data_on_one_line(tmp_path, after_b1, cfg_path, reference):
+    world, cut = after_b1
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(world, data)  # copy2: the same modification times, so the same data
+    shutil.copytree(cut, run)
+    args = _train_args(data, cfg_path, run) + ["--resume"]
+    before = _files(run)
+    manifest = data / "manifest.jsonl"
+    original = manifest.read_bytes()
+    rows = original.splitlines(keepends=True)
+
+    def refused(fragment: str) -> None:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"Error: --resume: {data} is not the data"), r.stderr
+        assert fragment in r.stderr, r.stderr
+        assert _files(run) == before  # nothing written
+
+    manifest.write_bytes(b"".join(rows[:4] + rows[5:]))
+    refused(f"1 manifest row removed (first: {json.loads(rows[4])['image']})")
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(data), "--device", "cpu"])
+    assert r.exit_code == 0, r.output  # evaluating on other data is another question: allowed
+    manifest.write_bytes(original)
+    image = data / json.loads(rows[7])["image"]
+    content, st = image.read_bytes(), image.stat()
+    image.write_bytes(content + b"\0")
+    refused(f"image {json.loads(rows[7])['image']} changed since the run started "
+            f"(size {len(content)} -> {len(content) + 1} bytes)")
+    image.write_bytes(content)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    refused(f"image {json.loads(rows[7])['image']} changed since the run started (modified ")
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # the run's data again: it resumes
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert_same_run(reference["si"], run)
+
+
+def test_a_run_from_before_the_fingerprint_resumes_unchecked(caplog, tmp_path, after_b1, cfg_path, reference):
+    world, cut = after_b1
+    run = tmp_path / "run"
+    shutil.copytree(cut, run)
+    (run / "data.json").unlink()
+    with caplog.at_level("WARNING", logger="factlearn.training.state"):
+        train(world, load_config(cfg_path, VARIANTS["si"]), run, device="cpu", resume=True)
+    assert "no data.json" in caplog.text and "cannot check" in caplog.text
+    assert_same_run(reference["si"], run)

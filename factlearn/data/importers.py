@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..facts import Fact
 from ..io import atomic_dir, atomic_write_json
 from .images import load_image
-from .manifest import (Dataset, ManifestRow, Record, find_manifest, load_dataset, parse_record, read_rows,
+from .manifest import (Dataset, ManifestRow, Record, find_manifest, load_dataset, locate_image, parse_record, read_rows,
                        write_manifest)
 
 logger = logging.getLogger(__name__)
@@ -192,9 +192,7 @@ def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False
         try:
             record = parse_record(row, root, where, allow_outside=True)
         except UserError as exc:
-            image = row.get("image")
-            missing = isinstance(image, str) and image.strip() and not (root / image).is_file()
-            problems.add(MISSING_IMAGE if missing else INVALID, str(exc))
+            problems.add(MISSING_IMAGE if _missing_image(row.get("image"), root) else INVALID, str(exc))
             continue
         if not record.image.is_relative_to(root):
             problems.add(ESCAPES, f"{where}: image path {row['image']!r} escapes the data directory {root}")
@@ -222,3 +220,12 @@ def import_manifest(src: str | Path, out_dir: str | Path, skip_bad: bool = False
     logger.info("imported %d images of %d facts from %s", report.images, report.facts, manifest)
     return report
 
+
+def _missing_image(image: object, root: Path) -> bool:
+    """Whether a row's image names a file that is not there (False for a path no file can have)."""
+    if not isinstance(image, str) or not image.strip():
+        return False
+    try:
+        return not locate_image(root, image)[1]
+    except ValueError:
+        return False

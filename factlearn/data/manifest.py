@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 from ..errors import UserError
 from ..facts import Fact, FactTable
 from ..io import atomic_write_text
-from .textfiles import MALFORMED, UNKNOWN_COLUMN, BadRow, read_csv, read_text, refuse
+from .textfiles import MALFORMED, UNKNOWN_COLUMN, BadRow, parse_json, read_csv, read_text, refuse, shown
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +130,14 @@ def read_rows(manifest: Path, bad_row: BadRow = refuse) -> Iterator[tuple[int, d
     if manifest.suffix == ".csv":
         yield from read_csv(manifest, COLUMNS, ("image", "subject"), bad_row)
         return
-    for line, raw in enumerate(read_text(manifest).splitlines(), start=1):
+    # Lines end at "\n" only (JSON Lines): str.splitlines would also cut at U+0085, U+2028 and
+    # other characters a JSON string may hold unescaped.
+    for line, raw in enumerate(read_text(manifest).split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{manifest}:{line}"
         try:
-            row = json.loads(raw)
+            row = parse_json(raw)
         except json.JSONDecodeError as exc:
             bad_row(MALFORMED, f"{where}: not valid JSON ({exc.msg})")
             continue
@@ -181,12 +183,33 @@ def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False)
     split = row.get("split") or None
     if split is not None and split not in SPLITS:
         raise UserError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    image = (root / row["image"]).resolve()
+    try:
+        image, found = locate_image(root, row["image"])
+    except ValueError as exc:
+        raise UserError(f"{where}: image path {row['image']!r} cannot name a file ({exc})") from None
     if not allow_outside and not image.is_relative_to(root):
         raise UserError(f"{where}: image path {row['image']!r} escapes the data directory {root}")
-    if not image.is_file():
-        raise UserError(f"{where}: image file not found: {row['image']}")
+    if not found:
+        raise UserError(f"{where}: image file not found: {shown(row['image'])}")
     return Record(image=image, fact=fact, group=row.get("group") or None, split=split)
+
+
+def locate_image(root: Path, link: str) -> tuple[Path, bool]:
+    """Where an image path of a data file leads: ``root / link`` resolved, and whether a file is there.
+
+    Raises:
+        ValueError: with the reason, for a path no file can have: a NUL byte, a character the file
+            system cannot encode (a lone surrogate), a name too long.
+    """
+    try:
+        image = (root / link).resolve()
+        return image, image.is_file()
+    except UnicodeEncodeError:
+        raise ValueError("a character the file system cannot encode") from None
+    except ValueError as exc:  # embedded null byte
+        raise ValueError(str(exc)) from None
+    except OSError as exc:  # is_file() passes on "no such file", not ENAMETOOLONG
+        raise ValueError(exc.strerror or str(exc)) from None
 
 
 def write_manifest(data_dir: str | Path, rows: Iterable[ManifestRow]) -> Path:

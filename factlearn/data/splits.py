@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import UserError
 from ..facts import Fact, FactTable
 from .manifest import Dataset
+from .textfiles import parse_json, shown
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"tasks file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -318,20 +319,20 @@ def load_tasks_file(path: str | Path, dataset: Dataset) -> TaskFile:
         if not isinstance(halves, dict):
             raise UserError(f"{where}: 'adaptation' must map names to image lists")
         for half, images in halves.items():
-            out.adaptation[half] = _image_rows(images, records, f"{where}, adaptation {half}")
+            out.adaptation[half] = _image_rows(images, records, f"{where}, adaptation {shown(half)}")
         subsets = entry.get("adaptation_facts") or {}
         if not isinstance(subsets, dict):
             raise UserError(f"{where}: 'adaptation_facts' must map names to fact lists")
         for half, listed in subsets.items():
-            ids = _fact_ids(listed, dataset.facts, f"{where}, adaptation_facts {half}")
+            ids = _fact_ids(listed, dataset.facts, f"{where}, adaptation_facts {shown(half)}")
             if not set(ids) <= set(facts):
-                raise UserError(f"{where}, adaptation_facts {half}: a fact that is not the task's")
+                raise UserError(f"{where}, adaptation_facts {shown(half)}: a fact that is not the task's")
             out.adaptation_facts[half] = sorted(ids)
     monitored = doc.get("monitored") or {}
     if not isinstance(monitored, dict):
         raise UserError(f"tasks file {path}: 'monitored' must map group names to fact lists")
     for group, facts in monitored.items():
-        out.monitored[group] = sorted(_fact_ids(facts, dataset.facts, f"tasks file {path}, monitored {group}"))
+        out.monitored[group] = sorted(_fact_ids(facts, dataset.facts, f"tasks file {path}, monitored {shown(group)}"))
     out.held_out.sort()
     unused = len(dataset.facts) - len(owner)
     if unused:

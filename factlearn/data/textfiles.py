@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
+import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import UserError
 
@@ -28,6 +31,12 @@ def refuse(reason: str, message: str) -> None:
     raise UserError(message)
 
 
+def shown(text: object) -> str:
+    """``text`` for a one-line message: as it is when it is printable text, else its ``repr`` (so
+    a line break, a NUL or a terminal escape in a name cannot break or garble the message)."""
+    return text if isinstance(text, str) and text.isprintable() and text.strip() == text and text else repr(text)
+
+
 def read_text(path: Path) -> str:
     """A UTF-8 file's text (a leading byte-order mark dropped), or a UserError naming file and line."""
     try:
@@ -41,8 +50,23 @@ def read_text(path: Path) -> str:
         raise UserError(f"{path}:{line}: not valid UTF-8") from None
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads(text)``, with every way the text can fail raised as :class:`json.JSONDecodeError`
+    (``msg`` and ``lineno`` name the problem), including the two json.loads raises otherwise: nesting
+    deeper than the parser's recursion allows, and an integer too long for Python to convert."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError:  # Python refuses int() of a text of more than sys.get_int_max_str_digits() digits
+        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        raise json.JSONDecodeError("a number with too many digits", text, digits.start() if digits else 0) from None
+
+
 def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
-             bad_row: BadRow = refuse) -> Iterator[tuple[int, dict[str, str | None]]]:
+             bad_row: BadRow = refuse, need_rows: bool = False) -> Iterator[tuple[int, dict[str, str | None]]]:
     """Rows of a CSV file with a header, as ``(line, {column: text or None})``.
 
     Args:
@@ -52,6 +76,8 @@ def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
         required: the columns it must name.
         bad_row: called as ``bad_row(MALFORMED, "file:line: why")`` for a row with too many or too
             few cells, which is then left out; the default raises.
+        need_rows: refuse a file with a header and no row below it: a problem of the whole file,
+            so a UserError whatever ``bad_row`` does.
 
     Returns:
         An iterator of ``(line, row)``: ``line`` is the row's last line in the file, ``row`` maps
@@ -59,8 +85,8 @@ def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
         or ``Unnamed: 0`` (the index column pandas writes) is left out.
 
     Raises:
-        UserError: for an unreadable or empty file, an unknown, duplicate or missing column, or a
-            cell the csv module cannot read.
+        UserError: for an unreadable or empty file (or, with ``need_rows``, a header only), an
+            unknown, duplicate or missing column, or a cell the csv module cannot read.
     """
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
@@ -78,15 +104,19 @@ def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
     for name in required:
         if name not in names:
             raise UserError(f"{path}:1: missing column {name!r}")
+    rows = 0
     while True:
         try:
             row = next(reader)
         except StopIteration:
+            if need_rows and not rows:
+                raise UserError(f"{path}: a header and no rows") from None
             return
         except csv.Error as exc:
             # + 1: the line being read is not counted yet
             raise UserError(f"{path}:{reader.line_num + 1}: malformed CSV ({exc})") from None
         where = f"{path}:{reader.line_num}"
+        rows += 1
         if None in row:
             bad_row(MALFORMED, f"{where}: more cells than columns")
         elif any(v is None for v in row.values()):

@@ -80,6 +80,45 @@ def resolve_pretrained(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, backbone_config={**cfg.backbone_config, **pretrained_architecture(cfg)})
 
 
+# The sizes and counts of a backbone's config (ResNetConfig, ViTConfig): whole numbers >= 1.
+_SIZES = {"resnet": ("embedding_size", "num_channels"),
+          "vit": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
+                  "num_channels", "encoder_stride")}
+_SIZE_LISTS = {"resnet": ("hidden_sizes", "depths"), "vit": ()}
+
+
+def check_backbone_config(cfg: ModelConfig) -> None:
+    """Check ``model.backbone_config`` (over its family's defaults) before a backbone is built from
+    it: sizes and counts are whole numbers >= 1, a ResNet has as many ``hidden_sizes`` as
+    ``depths``, a ViT's ``hidden_size`` divides into its heads, and the images have 3 channels.
+    Otherwise a one-line UserError names the key (transformers would fail later, at the first
+    step, or with a traceback)."""
+    config_cls, _, extra, _ = _family(cfg.backbone)
+    defaults = config_cls(**extra)
+    keys = _SIZES[cfg.backbone] + _SIZE_LISTS[cfg.backbone]
+    values = {**{k: getattr(defaults, k) for k in keys}, **cfg.backbone_config}
+    where = "config model.backbone_config"
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in _SIZES[cfg.backbone]:
+        if not whole(values[key]):
+            raise UserError(f"{where}.{key}: expected a whole number >= 1, got {values[key]!r}")
+    for key in _SIZE_LISTS[cfg.backbone]:
+        value = values[key]
+        if not (isinstance(value, (list, tuple)) and value and all(whole(v) for v in value)):
+            raise UserError(f"{where}.{key}: expected a list of whole numbers >= 1, got {value!r}")
+    if cfg.backbone == "resnet" and len(values["hidden_sizes"]) != len(values["depths"]):
+        raise UserError(f"{where}: hidden_sizes has {len(values['hidden_sizes'])} stages but depths has "
+                        f"{len(values['depths'])}; give one size and one depth per stage")
+    if cfg.backbone == "vit" and values["hidden_size"] % values["num_attention_heads"]:
+        raise UserError(f"{where}: hidden_size {values['hidden_size']} is not a multiple of num_attention_heads "
+                        f"{values['num_attention_heads']}")
+    if values["num_channels"] != 3:
+        raise UserError(f"{where}.num_channels: images have 3 channels (RGB), got {values['num_channels']}")
+
+
 def build_backbone(cfg: ModelConfig, from_checkpoint: bool = False) -> tuple[nn.Module, int]:
     """A transformers vision backbone from its config (random init) or a local pretrained folder.
 
@@ -102,10 +141,16 @@ def build_backbone(cfg: ModelConfig, from_checkpoint: bool = False) -> tuple[nn.
             raise UserError(f"model.pretrained: cannot load a {cfg.backbone} backbone from {cfg.pretrained}: "
                             f"{first}") from None
     else:
+        check_backbone_config(cfg)
+        try:
+            from huggingface_hub.errors import StrictDataclassError  # transformers 5 checks its configs' types
+        except ImportError:
+            StrictDataclassError = ValueError
         try:
             config = config_cls(**{**extra, **cfg.backbone_config})
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"config model.backbone_config: {exc}") from None
+        except (TypeError, ValueError, StrictDataclassError) as exc:
+            first = " ".join(str(exc).split())
+            raise UserError(f"config model.backbone_config: {first}") from None
         backbone = model_cls(config, **kwargs)
     channels = backbone.config.hidden_sizes[-1] if cfg.backbone == "resnet" else backbone.config.hidden_size
     return backbone, channels

@@ -11,6 +11,11 @@ taken: on CPU a killed and resumed run ends bit-identical to an uninterrupted on
 SIGTERM stops after the current step, saving a checkpoint there (a second one stops at once). A
 checkpoint is never written from parameters that are no longer finite.
 
+The run records the fingerprint of its data when it starts (data.json), and ``--resume`` refuses
+data that differs from it (:func:`factlearn.training.state.check_resume`). Everything that can be
+checked is checked before the run directory is written (the configuration, the data, the model);
+a fresh start that fails anyway before its first checkpoint leaves nothing behind.
+
 Under torchrun every process runs this loop on its share of each global batch, with DDP over both
 towers; rank 0 alone writes and evaluates (:mod:`factlearn.distributed`).
 """
@@ -27,7 +32,8 @@ import torch
 
 from .. import __version__
 from ..config import Config
-from ..data.manifest import Dataset, load_dataset
+from ..data.fingerprint import data_fingerprint
+from ..data.manifest import Dataset, find_manifest, load_dataset
 from ..data.splits import save_split
 from ..device import resolve_device
 from ..distributed import join_group, leave_group
@@ -39,7 +45,7 @@ from ..run import RunDir
 from .schedule import Plateau
 from .session import Session
 from .signals import StopRequest
-from .state import check_out_dir, restore, trainer_state
+from .state import check_out_dir, check_resume, discard_start, restore, trainer_state
 from .step import Diverged, check_finite
 from .task import train_task
 
@@ -60,7 +66,9 @@ def train(
     With ``resume`` an existing run directory continues from its last complete checkpoint (after a
     task, or mid-task: ``train.checkpoint_every``). Without it, a directory holding more than the
     files of a run that never reached its first checkpoint is refused, so nothing of value is
-    overwritten; so is a directory another process is training into. Ctrl-C (or SIGTERM) saves a
+    overwritten; so is a directory another process is training into, and with ``resume`` data
+    other than the run's (data.json: :func:`factlearn.training.state.check_resume`). A fresh start
+    that fails before its first checkpoint removes what it wrote. Ctrl-C (or SIGTERM) saves a
     checkpoint at the current step and raises :class:`factlearn.errors.Interrupted`; a diverged
     loss raises a UserError naming the last good checkpoint, which is kept.
 
@@ -76,24 +84,32 @@ def train(
         cfg = ctx.agree(lambda: dataclasses.replace(cfg, model=resolve_pretrained(cfg.model)))
         run = RunDir(out_dir)
         fresh = ctx.agree(lambda: check_out_dir(run, resume))
+        created = not run.path.exists()
         dataset = ctx.agree(lambda: load_dataset(data_dir))
+        fingerprint = ctx.agree(lambda: data_fingerprint(find_manifest(data_dir), dataset))
+        if not fresh:  # before the images are decoded: a mismatch is told at once
+            ctx.agree(lambda: check_resume(run, cfg, seed, dataset, fingerprint, data_dir))
         s = ctx.agree(lambda: Session(dataset, cfg, seed, dev, progress and ctx.is_main, ctx))
         with ExitStack() as held:
             def lock() -> None:  # rank 0 holds the run directory's lock for all of them
                 if ctx.is_main:
-                    run.path.mkdir(parents=True, exist_ok=True)
                     held.enter_context(run.lock())
                     if check_out_dir(run, resume) != fresh:
                         raise UserError(f"--out {run.path} was written to by another process while the data was loading")
 
             ctx.agree(lock)
-            return _train(run, fresh, data_dir, dataset, s, cfg, seed, dev)
+            try:
+                return _train(run, fresh, data_dir, dataset, fingerprint, s, cfg, seed, dev)
+            except Exception:  # not a kill or Ctrl-C: those keep what they wrote, as the run does
+                if fresh and ctx.is_main:
+                    discard_start(run, created)
+                raise
     finally:
         leave_group(owned)
 
 
-def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg: Config, seed: int,
-           dev: torch.device) -> dict:
+def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: dict, s: Session, cfg: Config,
+           seed: int, dev: torch.device) -> dict:
     ctx = s.dist  # rank 0 writes; the others wait for it where they could otherwise exit first
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
     epochs: dict[str, int] = {}  # task name -> epochs trained (fewer than train.epochs at a plateau)
@@ -105,9 +121,10 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, s: Session, cfg
             run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
             run.write_json("vocab.json", s.vocab.words[2:])
             save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
+            run.write_data_fingerprint(fingerprint)
             _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world, epochs, {})  # last: from now on a run
     else:
-        start, rows, epochs, partial = ctx.agree(lambda: restore(run, s, cfg, seed))  # every rank reads it
+        start, rows, epochs, partial = ctx.agree(lambda: restore(run, s))  # every rank reads it
         if ctx.is_main:  # after every rank has read the checkpoints
             if start:
                 _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, start)  # a crash may have come before

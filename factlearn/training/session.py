@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..continual import Method, TaskData, create_method
+from ..continual.unlabeled import image_paths
 from ..data.images import load_images, to_model_input
 from ..data.manifest import Dataset
 from ..data.splits import Task, image_splits, load_tasks_file, make_split
@@ -55,6 +56,8 @@ class Session:
             self.is_held_out &= ~self.is_test  # a test image is never trained on anyway
             self.subsets = {**task_file.monitored, **task_file.adaptation_facts}
         self._check_importance_source(cfg.method.importance_images, cfg.method.importance_facts)
+        if cfg.method.importance_data is not None:  # a missing source is told before any image is decoded
+            image_paths(cfg.method.importance_data)
         self.validation: dict[str, list[float]] = {}  # task -> validation top-1 after each epoch (plateau)
         self.is_val = self._carve_validation(cfg.train.val_fraction)
         if cfg.model.pretrained:  # a backbone pretrained on these facts would flatter every method
