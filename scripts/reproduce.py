@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Reproduce the experiments of issue 7 with one command: tables and plots from scratch.
+"""Reproduce the experiments of issues 7 and 17 with one command: tables and plots, from the world up.
 
     scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,topic,all} [SUITE ...] [--quick]
-                         [--seeds N] [--out DIR] [--data DIR] [--jobs J] [--device D] [--dry-run]
+                         [--protocol {scratch,faithful,modern}] [--seeds N] [--out DIR] [--data DIR]
+                         [--jobs J] [--device D] [--dry-run]
 
 The command line of :mod:`factlearn.experiments.reproduce`, which documents the suites, the
-results folder and how runs are skipped and resumed. Reads this checkout's configs/reproduce/
-and writes to its results/ by default.
+training protocols, the results folder (summary.json included) and how runs are skipped and
+resumed. Reads this checkout's configs/reproduce/ and writes to its results/ by default.
 """
 
 import sys

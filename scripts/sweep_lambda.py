@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Sweep a method's lambda on a validation split and print the table it produced.
+"""Sweep the lambda of one or more methods on a validation split: the tables, the trade-off plot,
+and (under the faithful or modern protocol) the lambdas picked, into configs/reproduce/lambda-<protocol>.yaml.
 
-    scripts/sweep_lambda.py --method mas [--grid 0.1,1,10,100] [--quick] [--split random] [--tasks 2]
-                            [--val-fraction 0.2] [--seeds N] [--out DIR] [--data DIR] [--jobs J]
-                            [--metric top1]
+    scripts/sweep_lambda.py --method {all | M [M ...]} [--protocol {scratch,faithful,modern}] [--quick]
+                            [--grid 0.1,1,10,100] [--split random] [--tasks 2] [--val-fraction 0.2]
+                            [--seeds N] [--out DIR] [--data DIR] [--jobs J] [--metric top1] [--dry-run]
 
-The command line of :mod:`factlearn.experiments.sweep`, which documents the validation split and
-how the best lambda is chosen. Reads this checkout's configs/reproduce/ and writes to its
-results/ by default.
+The command line of :mod:`factlearn.experiments.sweep`, which documents the validation split, the
+trade-off and the rule that picks each method's lambda. Reads this checkout's configs/reproduce/
+(and writes a protocol's lambda file there) and writes to its results/ by default.
 """
 
 import sys

@@ -183,3 +183,69 @@ def test_accumulation_sum_and_blend_and_state_round_trip(setup):
         assert restored.tasks_seen == 2
         assert set(restored.state) == set(method.state)
         assert all(torch.equal(restored.state[k], method.state[k]) for k in method.state)
+
+
+# --- controls (method.importance_control) ------------------------------------------------------
+def test_shuffled_control_keeps_each_tensors_values_and_moves_them(setup):
+    model, task, _ = setup()
+    plain = create_method(MethodConfig(name="mas", importance_batch_size=4))
+    shuffled = create_method(MethodConfig(name="mas", importance_batch_size=4, importance_control="shuffled"))
+    plain.after_task(model, task)
+    shuffled.after_task(model, task)
+    a, b = plain._get("omega"), shuffled._get("omega")
+    assert set(a) == set(b)
+    moved = 0
+    for n in a:
+        assert b[n].shape == a[n].shape
+        assert torch.equal(a[n].reshape(-1).sort().values, b[n].reshape(-1).sort().values), n  # the same multiset
+        moved += not torch.equal(a[n], b[n])
+    varied = sum(a[n].unique().numel() > 1 for n in a)
+    assert moved >= varied - 1 > 0  # positions change (a tensor of a few values may land where it was)
+    # seeded: the same permutation again, whatever the order of the tensors
+    again = create_method(MethodConfig(name="mas", importance_batch_size=4, importance_control="shuffled"))
+    again.after_task(model, task)
+    assert all(torch.equal(again._get("omega")[n], b[n]) for n in b)
+
+
+def test_noise_images_have_the_images_shape_and_do_not_depend_on_the_batches(setup):
+    from factlearn.continual.unlabeled import noise_images
+
+    _, task, (x, tokens, mask) = setup(n=11)
+    noisy = noise_images(task, 5)
+    batches = list(noisy.batches(4))
+    assert [b[0].shape for b in batches] == [x[s : s + 4].shape for s in range(0, 11, 4)]
+    pixels = torch.cat([b[0] for b in batches])
+    assert torch.equal(torch.cat([b[1] for b in batches]), tokens) and torch.equal(torch.cat([b[2] for b in batches]), mask)
+    assert not torch.allclose(pixels, x)
+    assert torch.equal(torch.cat([b[0] for b in noise_images(task, 5).batches(11)]), pixels)
+    assert not torch.equal(torch.cat([b[0] for b in noise_images(task, 6).batches(11)]), pixels)
+    # uniform pixels 0..255 through the model's normalisation: about half of them above the mean
+    from factlearn.data.images import MEAN, STD
+
+    unit = pixels * STD + MEAN
+    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5 and abs(unit.mean().item() - 0.5) < 0.02
+    assert noisy.num_samples == task.num_samples and noisy.labeled is None
+
+
+def test_noise_control_changes_the_image_towers_importance_only(setup):
+    model, task, _ = setup()
+    plain = create_method(MethodConfig(name="mas", importance_batch_size=4))
+    noise = create_method(MethodConfig(name="mas", importance_batch_size=4, importance_control="noise"))
+    a, b = plain.importance(model, task), noise.importance(model, task)
+    assert set(a) == set(b)
+    image = [n for n in a if n.startswith("image_tower.")]
+    language = [n for n in a if n.startswith("language_tower.")]
+    assert image and language
+    assert all(torch.equal(a[n], b[n]) for n in language)  # the same facts
+    assert not all(torch.allclose(a[n], b[n]) for n in image)
+    assert any(b[n].sum() > 0 for n in image)
+
+
+def test_controls_are_mas_only():
+    from factlearn.errors import UserError
+
+    for name in ("l2", "ewc", "lmas", "si", "finetune"):
+        with pytest.raises(UserError, match="method.importance_control is for mas"):
+            create_method(MethodConfig(name=name, importance_control="shuffled"))
+    with pytest.raises(UserError, match="method.importance_control"):
+        create_method(MethodConfig(name="mas", importance_control="random"))

@@ -123,7 +123,7 @@ def test_config_of_an_existing_run_must_match(exp, tmp_path):
 ])
 def test_experiments_file_is_checked(tmp_path, file, old, new, key):
     """Every mistake in the experiments file or the files it names is one line naming the file and the key."""
-    for name in ("experiments.yaml", "quick.yaml", "full.yaml", "methods.yaml"):
+    for name in ("experiments.yaml", "quick.yaml", "full.yaml", "methods.yaml", "faithful.yaml", "modern.yaml"):
         text = (CONFIG_DIR / name).read_text()
         if name == file:
             assert old in text
@@ -149,7 +149,7 @@ def test_tables_mean_and_std_over_seeds(exp, tmp_path):
     # B1 0.5 and 0.7: 60.0 ± 14.1; B2 80.0 twice; mean (0.65, 0.75); BWT (-0.4, -0.2)
     assert table[2] == "| finetune | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 |"
     assert len(table) == 2 + len(METHODS)
-    matrix = tables.matrix_table(res.metrics["mas"], res.tasks, "standard", "top1").splitlines()
+    matrix = tables.matrix_table(res, "mas", "standard", "top1").splitlines()
     assert matrix[2] == "| after B1 | 90.0 ± 0.0 |  |"
     assert tables.mean_std([0.123]) == "12.3" and tables.mean_std([]) == "-" and tables.mean_std([float("nan")]) == "-"
     readme = report.write_report(plan, exp, {"command": "x", "jobs": 1, "finished": "now", "seconds": 60,
@@ -174,7 +174,8 @@ def test_report_only_trains_nothing(exp, tmp_path, capsys):
     assert "report of the complete runs so far" in capsys.readouterr().out
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     # no world, no run, no log; adaptation shares the two-task finetune run
-    assert set(after) - set(before) == {Path("README.md"), Path("two-task.md"), Path("adaptation.md")}
+    assert set(after) - set(before) == {Path("README.md"), Path("two-task.md"), Path("adaptation.md"),
+                                        Path("summary.json")}
     table = (tmp_path / "two-task.md").read_text()
     assert "| finetune | 60.0 | 80.0 |" in table and "| joint | - | - | - | - |" in table
     # the page names its task file by the command that writes it: no link to OUT/tasks/, which is
@@ -216,7 +217,9 @@ def test_adaptation_and_topic_tables_from_probes(exp, tmp_path):
 
 
 def test_sweep_plan_uses_a_validation_split(exp, tmp_path):
-    plan, configs = sweep.sweep_plan(exp, "mas", [1, 10], "quick", 1, tmp_path, "random", 2, 0.2)
+    from factlearn.experiments.protocols import SCRATCH_PROTOCOL
+
+    plan, configs = sweep.sweep_plan(exp, SCRATCH_PROTOCOL, {"mas": [1, 10]}, "quick", 1, tmp_path, "random", 2, 0.2)
     assert sorted(plan.runs) == ["random2/seed0/mas-lam1", "random2/seed0/mas-lam10"]
     assert plan.data == tmp_path / "data" / "val" and plan.test_fraction == 0.2
     assert configs["mas-lam10"]["method"]["lam"] == 10 and configs["mas-lam10"]["split"]["test_fraction"] == 0.2
@@ -234,6 +237,7 @@ def test_views_and_steps_from_a_world(exp, tiny_world, tmp_path):
     from factlearn.data.manifest import load_dataset
     from factlearn.data.splits import load_tasks_file
     from factlearn.experiments.prepare import (
+        run_configs,
         split_options,
         train_steps,
         view_rows,
@@ -260,7 +264,7 @@ def test_views_and_steps_from_a_world(exp, tiny_world, tmp_path):
         else:
             assert {r.group for r in written.records} == {"colour"}
             assert {r.split for r in written.records} == {"test" if view.kind == "group-test" else "train"}
-    steps = train_steps(plan, exp)
+    steps = train_steps(plan, run_configs(plan, exp))
     # quick: batch 32, 4 epochs. random2: 6 facts x 4 training images = 24 per task, 1 batch per epoch;
     # joint trains on 24, then 48 (2 batches). random4: 3 facts x 4 = 12 per task.
     assert steps["random2/seed0/mas"] == steps["random2/seed0/mas-imp-B11"] == 2 * 4
@@ -306,3 +310,44 @@ def _write_run(folder: Path, method: str, acc: list[list[float]], tasks: list[st
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(doc))
     (folder / "run.json").write_text(json.dumps({"factlearn_version": factlearn.__version__}))
+
+
+def test_tiny_reproduction_of_the_faithful_protocol_end_to_end(tiny_world, tmp_path, capsys):
+    """scripts/reproduce.py --protocol faithful on the tiny world, for real (child processes): the base
+    world and the pretrained tower, the runs (MAS's controls too) from it, the pages and summary.json
+    agreeing with them; a second invocation trains nothing."""
+    from test_experiments_protocols import check_summary_against_pages
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "faithful.yaml").write_text((CONFIG_DIR / "faithful.yaml").read_text())  # the real protocol file
+    tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    tiny["train"]["checkpoint_every"] = 0
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    (configs / "methods.yaml").write_text("quick: {finetune: {}, mas: {lam: 1.0}}\n")
+    (configs / "experiments.yaml").write_text(yaml.safe_dump({
+        "scales": {"quick": {"world": {"preset": "small", "seed": 0}, "config": "tiny.yaml", "pretrain_epochs": 1,
+                             "base": {"preset": "base", "seed": 1000, "facts": 12, "images_per_fact": 4, "size": 32}}},
+        "methods_file": "methods.yaml", "split_seed": 0, "methods": ["finetune", "mas"],
+        "suites": {"two-task": {"split": "random", "tasks": 2}}, "protocols": {"faithful": "faithful.yaml"}}))
+    out = tmp_path / "out"
+    argv = ["--suite", "two-task", "--quick", "--protocol", "faithful", "--data", str(tiny_world), "--out", str(out),
+            "--experiments", str(configs / "experiments.yaml"), "--jobs", "2", "--device", "cpu", "--no-plots"]
+    assert reproduce.main(argv, ROOT) == 0, capsys.readouterr()
+    assert (out / "pretrained" / "pretrain.json").is_file() and (out / "data" / "base" / "manifest.jsonl").is_file()
+    assert not (out / "data" / "world").exists()  # --data: no world generated
+    faithful = out / "faithful"
+    run = faithful / "runs" / "random2" / "seed0" / "mas-noise"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["pretrained"] == str(out / "pretrained") and saved["loss"]["distance"] == "raw"
+    assert saved["method"]["importance_control"] == "noise" and saved["train"]["optimizer"] == "sgd"
+    readme = (faithful / "README.md").read_text()
+    assert "faithful protocol" in readme and "pretrained on the base world" in readme
+    assert "mas-noise: 1 (mas's: methods.yaml, not swept under this protocol)" in readme
+    records = check_summary_against_pages(faithful, "faithful")
+    assert {r["entry"] for r in records} == {"finetune", "mas", "mas-shuffled", "mas-noise"}
+    assert all(r["seeds"] == [0] for r in records)
+    capsys.readouterr()
+    assert reproduce.main(argv, ROOT) == 0  # everything complete: skipped, the pretrained config matches
+    printed = capsys.readouterr().out
+    assert printed.count(": skipped") == 4 and "trained" not in printed.replace("0 to train", "")

@@ -128,6 +128,7 @@ REFUSED = {
     "importance_directions": "mas with method.importance_output: normalized",
     "importance_images": "importance-based methods (mas, lmas, ewc, online_ewc)",
     "importance_facts": "importance-based methods (mas, lmas, ewc, online_ewc)",
+    "importance_control": "mas",
 }
 _DEFAULTS = MethodConfig()
 

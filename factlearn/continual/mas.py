@@ -19,10 +19,17 @@ whose squared norm is the same for every input, so Eq. 4 has nothing to measure 
 with V_n K random unit directions per sample (``method.importance_directions``), uniform on the
 sphere and seeded by the sample's position in the task, so they do not depend on the batch size or
 the number of ranks. It costs K forward and backward passes where the raw output costs one.
+
+Controls (``method.importance_control``; issue 17): at the same lambda, does MAS keep more than
+uniform anchoring because Omega says WHERE to anchor? ``shuffled`` permutes each parameter tensor's
+importance values at random (:func:`shuffle_within_tensors`: same values per layer, other places);
+``noise`` computes Omega from uniform random pixels instead of the images
+(:func:`~factlearn.continual.unlabeled.noise_images`).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,7 +39,9 @@ from torch import nn
 from ..model import normalize_slots
 from .base import TaskData, log_importance, mean_over_samples
 from .per_sample import Objective, per_sample_abs_grad_sum, squared_norm
-from .unlabeled import IMAGE_TOWER, TOWERS, DataImportance
+from .unlabeled import IMAGE_TOWER, TOWERS, DataImportance, noise_images
+
+CONTROL_SEED = 17  # the seed of the controls' random draws (with the task's position and a tensor's name)
 
 
 def batch_abs_grad(
@@ -62,6 +71,25 @@ def direction_objective(output: torch.Tensor, directions: torch.Tensor) -> torch
     slot-normalised embedding retrieval ranks by (factlearn's extension of MAS Eq. 4, see the module
     docstring). A wildcard slot, zeroed by the language tower's mask, contributes nothing."""
     return (normalize_slots(output) * directions).sum()
+
+
+def shuffle_within_tensors(omega: dict[str, torch.Tensor], seed: int | Sequence[int] = 0) -> dict[str, torch.Tensor]:
+    """Each tensor's values in a random order (``method.importance_control: shuffled``): the same
+    multiset of values per parameter tensor (so per layer), at other positions.
+
+    Args:
+        omega: name -> importance tensor.
+        seed: with the CRC-32 of each name, seeds numpy's generator of that tensor's permutation,
+            so the result does not depend on the order of ``omega`` (nor on the rank).
+    Returns:
+        name -> a tensor of the same shape, dtype and device.
+    """
+    seed = [seed] if isinstance(seed, int) else list(seed)
+    out = {}
+    for name, t in omega.items():
+        perm = np.random.default_rng([*seed, zlib.crc32(name.encode())]).permutation(t.numel())
+        out[name] = t.reshape(-1)[torch.from_numpy(perm).to(t.device)].reshape(t.shape)
+    return out
 
 
 def mas_importance(
@@ -136,14 +164,30 @@ class MAS(DataImportance):
         importance_data: unlabeled images for the image tower's importance (MAS Sec. 5).
         importance_images, importance_facts: held-out images, and a subset of the facts learned so
             far, to take the importance from (MAS Sec. 5, Table 4; chosen by the training session).
+        importance_control: ``none`` (the method), or a control at the same lambda: ``shuffled``
+            (each parameter tensor's Omega values permuted at random, seeded by the task's position
+            and the tensor's name) or ``noise`` (the image tower's Omega from uniform random pixels
+            of the same shape and count as the images it would come from).
     """
 
     name = "mas"
-    options = DataImportance.options + ("importance", "importance_output", "importance_directions")
+    options = DataImportance.options + ("importance", "importance_output", "importance_directions",
+                                        "importance_control")
+
+    def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
+        """The task's Omega (:class:`DataImportance`), shuffled within each tensor with
+        ``method.importance_control: shuffled``."""
+        omega = super().importance(model, task)
+        if self.cfg.importance_control == "shuffled":
+            omega = shuffle_within_tensors(omega, [CONTROL_SEED, self.tasks_seen])
+        return omega
 
     def tower_importance(self, model: nn.Module, data: TaskData, towers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """:func:`mas_importance` of ``towers`` over ``data`` (exact or batch, as ``method.importance``;
-        raw or normalized output, as ``method.importance_output``)."""
+        raw or normalized output, as ``method.importance_output``; noise instead of the images with
+        ``method.importance_control: noise``)."""
+        if self.cfg.importance_control == "noise" and IMAGE_TOWER in towers:
+            data = noise_images(data, [CONTROL_SEED, self.tasks_seen])
         omega = mas_importance(model, data, self.cfg.importance_batch_size, self.cfg.importance == "exact", towers,
                                self.cfg.importance_output, self.cfg.importance_directions)
         log_importance(f"MAS importance ({', '.join(towers)})", data.name, omega)

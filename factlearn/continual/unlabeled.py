@@ -8,8 +8,10 @@ keeps coming from the task's own facts (``method.importance_data``, ``factlearn 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -63,6 +65,33 @@ def unlabeled_task(
             yield x, torch.zeros((b, 3, 1), dtype=torch.long, device=device), torch.zeros((b, 3), device=device)
 
     return TaskData(name, len(images), batches, shard=shard)
+
+
+def noise_images(task: TaskData, seed: int | Sequence[int] = 0) -> TaskData:
+    """``task`` with every image replaced by uniform random pixels of the same shape (the control
+    ``method.importance_control: noise``): what importance measures when the images carry nothing.
+
+    Each sample's noise is uint8 pixels drawn uniformly from 0..255 by numpy's generator seeded
+    ``[*seed, position]`` (the sample's position in the task, as the random directions of
+    :func:`~factlearn.continual.mas.random_directions`), so it does not depend on the batch size or
+    the number of ranks; it goes through :func:`~factlearn.data.images.to_model_input` like a
+    decoded image. The facts (tokens, slot mask) stay, so the language tower sees what it saw. The
+    labels are dropped: noise has none.
+    """
+    seed = [seed] if isinstance(seed, int) else list(seed)
+
+    def batches(batch_size: int):
+        seen, shard = 0, task.shard
+        for pixels, tokens, mask in task.batches(batch_size):
+            b, shape = pixels.shape[0], tuple(pixels.shape[1:])  # (3, H, W)
+            positions = [shard.rank + (seen + i) * shard.world for i in range(b)]
+            noise = np.stack([np.random.default_rng([*seed, p]).integers(0, 256, shape, dtype=np.uint8)
+                              for p in positions])  # (b, 3, H, W)
+            seen += b
+            yield to_model_input(torch.from_numpy(noise).to(pixels.device)), tokens, mask
+
+    return dataclasses.replace(task, name=f"{task.name} (noise images)", batches=batches, labeled=None, facts=None,
+                               loss=None)
 
 
 class DataImportance(QuadraticPenalty):

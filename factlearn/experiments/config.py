@@ -8,13 +8,18 @@ config (model, train, ...: a factlearn config whose method section the methods f
 and one methods file gives, per scale and method, the method section's keys::
 
     scales:
-      quick: {world: {preset: small, seed: 0}, config: quick.yaml}
+      quick: {world: {preset: small, seed: 0}, config: quick.yaml,
+              base: {preset: base, seed: 1000, facts: 100, images_per_fact: 20}, pretrain_epochs: 2}
     methods_file: methods.yaml
+    protocols: {faithful: faithful.yaml, modern: modern.yaml}
     split_seed: 0
     methods: [finetune, mas]
     suites:
       two-task: {split: random, tasks: 2}
       topic: {split: random, tasks: 4, group: colour, methods: [finetune, mas], importance: [mas]}
+
+A scale's ``base`` world and ``pretrain_epochs`` serve the protocols that start from a pretrained
+image tower (:mod:`.protocols`); ``protocols`` names each protocol's file.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..config import Config, from_dict, read_yaml
 from ..errors import UserError
 
@@ -33,18 +37,32 @@ SUITES = ("two-task", "four-task", "semantic", "adaptation", "topic")
 
 @dataclass
 class WorldSpec:
-    """The built-in world of a scale: ``factlearn synth --preset PRESET --seed SEED``."""
+    """A built-in world: ``factlearn synth --preset PRESET --seed SEED`` (and, when given,
+    ``--facts``, ``--images-per-fact``, ``--size``; the preset's otherwise)."""
 
     preset: str
     seed: int
+    facts: int | None = None
+    images_per_fact: int | None = None
+    size: int | None = None
+
+    def synth_options(self) -> list[str]:
+        """The options of the ``factlearn synth`` that generates it."""
+        sizes = {"--facts": self.facts, "--images-per-fact": self.images_per_fact, "--size": self.size}
+        return ["--preset", self.preset, "--seed", str(self.seed),
+                *(a for k, v in sizes.items() if v is not None for a in (k, str(v)))]
 
 
 @dataclass
 class ScaleSpec:
-    """A scale (quick, full): its world and its base config file (relative to the experiments file)."""
+    """A scale (quick, full): its world and its base config file (relative to the experiments file);
+    for the protocols that start from a pretrained image tower, the base world to pretrain on (it
+    shares no fact with the world: ``--exclude``) and the epochs of ``factlearn pretrain``."""
 
     world: dict  # a WorldSpec, read with its own keys checked
     config: str
+    base: dict | None = None  # a WorldSpec
+    pretrain_epochs: int | None = None
 
 
 @dataclass
@@ -67,6 +85,7 @@ class ExperimentsFile:
     split_seed: int  # of the task files and of the train/test draw, the same for every run
     methods: list[str]
     suites: dict  # suite -> a SuiteSpec
+    protocols: dict = field(default_factory=dict)  # protocol -> its file (scratch, the default, has none)
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,10 @@ class Experiments:
     split_seed: int
     suites: dict[str, SuiteSpec]
     methods_path: Path
+    config_path: dict[str, Path]  # scale -> its base config file
+    base_world: dict[str, WorldSpec | None]  # scale -> the world its backbone is pretrained on
+    pretrain_epochs: dict[str, int | None]
+    protocols: dict[str, Path]  # protocol -> its file
 
     def scale_config(self, scale: str) -> Config:
         """The base config of a scale, typed (checked when the file was read)."""
@@ -89,22 +112,27 @@ class Experiments:
 def load_experiments(path: Path) -> Experiments:
     """Read experiments.yaml and the files it names; a bad key or value is a UserError naming
     the file and the key."""
-    doc = _load(ExperimentsFile, read_yaml(path), path)
+    doc = load_section(ExperimentsFile, read_yaml(path), path)
     methods_path = path.parent / doc.methods_file
     method_defaults = read_yaml(methods_path)
-    world, base = {}, {}
+    world, base, config_path, base_world, epochs = {}, {}, {}, {}, {}
     for scale, raw in doc.scales.items():
-        spec = _load(ScaleSpec, raw, path, f"scales.{scale}")
-        world[scale] = _load(WorldSpec, spec.world, path, f"scales.{scale}.world")
-        base[scale] = read_yaml(path.parent / spec.config)
-        _load(Config, base[scale], path.parent / spec.config)
+        spec = load_section(ScaleSpec, raw, path, f"scales.{scale}")
+        world[scale] = load_section(WorldSpec, spec.world, path, f"scales.{scale}.world")
+        base_world[scale] = None if spec.base is None else load_section(WorldSpec, spec.base, path, f"scales.{scale}.base")
+        epochs[scale] = spec.pretrain_epochs
+        if epochs[scale] is not None and epochs[scale] < 1:
+            raise UserError(f"{path}: scales.{scale}.pretrain_epochs must be at least 1")
+        config_path[scale] = path.parent / spec.config
+        base[scale] = read_yaml(config_path[scale])
+        load_section(Config, base[scale], config_path[scale])
         if scale not in method_defaults:
             raise UserError(f"{methods_path}: no section {scale!r} (scales of {path.name}: {', '.join(doc.scales)})")
     suites = {}
     for name, raw in doc.suites.items():
         if name not in SUITES:
             raise UserError(f"{path}: unknown suite {name!r} (known: {', '.join(SUITES)})")
-        suite = _load(SuiteSpec, raw, path, f"suites.{name}")
+        suite = load_section(SuiteSpec, raw, path, f"suites.{name}")
         suites[name] = dataclasses.replace(suite, methods=list(doc.methods if suite.methods is None else suite.methods))
     if "topic" in suites and not suites["topic"].group:
         raise UserError(f"{path}: suites.topic needs a 'group'")
@@ -113,24 +141,30 @@ def load_experiments(path: Path) -> Experiments:
             for m in suite.methods + suite.importance:
                 if m not in (method_defaults[scale] or {}):
                     raise UserError(f"{methods_path}: {scale}: no entry for method {m!r}")
-    return Experiments(path, world, base, method_defaults, doc.split_seed, suites, methods_path)
+    protocols = {name: path.parent / file for name, file in doc.protocols.items()}
+    return Experiments(path, world, base, method_defaults, doc.split_seed, suites, methods_path, config_path,
+                       base_world, epochs, protocols)
 
 
-def method_config(exp: Experiments, scale: str, method: str) -> dict:
-    """The config of one method's runs: the scale's base config, its method section completed with
-    the method's defaults (the methods file), and split.seed; validated by factlearn.config."""
-    cfg = copy.deepcopy(exp.base_config[scale])
-    cfg.setdefault("method", {}).update({"name": method, **(exp.method_defaults[scale].get(method) or {})})
+def method_config(exp: Experiments, scale: str, method: str, base: dict | None = None, keys: dict | None = None,
+                  name: str | None = None) -> dict:
+    """The config of one method's runs: ``base`` (default: the scale's base config), its method
+    section completed with the method's defaults (the methods file) and then ``keys``, and
+    split.seed; validated by factlearn.config (a UserError names the run config, ``name``)."""
+    cfg = copy.deepcopy(exp.base_config[scale] if base is None else base)
+    cfg.setdefault("method", {}).update({"name": method, **(exp.method_defaults[scale].get(method) or {}),
+                                         **(keys or {})})
     cfg.setdefault("split", {})["seed"] = exp.split_seed
     try:
         from_dict(Config, cfg)
     except UserError as exc:
-        raise UserError(f"{exp.path.parent}: {scale} config of {method}: {exc}") from None
+        raise UserError(f"{exp.path.parent}: {scale} config of {name or method}: {exc}") from None
     return cfg
 
 
-def _load(cls: type, data: object, path: Path, where: str = ""):
-    """``from_dict(cls, data, where)`` with the file named in its errors."""
+def load_section(cls: type, data: object, path: Path, where: str = ""):
+    """``from_dict(cls, data, where)``: a section of the file ``path`` as the dataclass ``cls``,
+    with the file named in its errors."""
     try:
         return from_dict(cls, data, where)
     except UserError as exc:

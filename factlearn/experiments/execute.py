@@ -80,6 +80,10 @@ def config_mismatch(plan: Plan, run: RunSpec, cfg: dict) -> str | None:
     want.split.tasks_file = str(plan.tasks_file(run.sequence).resolve())
     want.method.importance_data = str(plan.view_dir(run.importance)) if run.importance else None
     saved = flatten_config(run_dir.config().to_dict())
+    if want.model.pretrained and isinstance(saved.get("model.backbone_config"), dict):
+        # a run records the pretrained folder's whole architecture there (resolve_pretrained): the keys
+        # the config gives must agree, the others come from the folder
+        saved["model.backbone_config"] = {k: saved["model.backbone_config"].get(k) for k in want.model.backbone_config}
     for key, value in flatten_config(want.to_dict()).items():
         if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
             return f"{key} is {saved.get(key)!r} there, {value!r} here"

@@ -1,9 +1,11 @@
 """The plan of a reproduction: which task sequences, views and runs the suites need, and where
 each of them lives in the results folder. Making a plan touches no file.
 
-Layout of the results folder OUT::
+Layout of the results folder OUT (of the scratch protocol; every other protocol P has the same
+layout in OUT/P/, but for the data and the backbone, shared by the protocols of a scale)::
 
     OUT/data/world/                      the built-in world (unless --data names one)
+    OUT/data/base/, OUT/pretrained/      the base world and the backbone pretrained on it (faithful, modern)
     OUT/tasks/<sequence>.json            task files (``factlearn split``), e.g. random2.json
     OUT/views/<view>/                    small data directories: an adaptation half, a group's images
     OUT/configs/<name>.yaml              each method's config
@@ -20,8 +22,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from .config import Experiments, WorldSpec
+from .protocols import SCRATCH_PROTOCOL, Protocol
 
 HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation-images` names them
+VARIANT_SUITES = ("two-task",)  # the suites a protocol's variants (:mod:`.protocols`) are rows of
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,20 @@ class Plan:
     views: dict[str, View] = field(default_factory=dict)
     runs: dict[str, RunSpec] = field(default_factory=dict)  # by id; shared runs merged
     suites: dict[str, tuple[str, list[Entry]]] = field(default_factory=dict)  # suite -> (sequence, entries)
+    protocol: Protocol = SCRATCH_PROTOCOL
+    root: Path | None = None  # the folder of the scale's protocols: ``out``, or its parent (default: out)
+    base: WorldSpec | None = None  # the base world to pretrain on (protocols with a pretrained tower)
+    pretrain_epochs: int | None = None
+
+    @property
+    def pretrained(self) -> Path | None:
+        """The pretrained backbone the runs start from (``factlearn pretrain``), None without one."""
+        return None if self.base is None else (self.root or self.out) / "pretrained"
+
+    @property
+    def base_dir(self) -> Path:
+        """The base world's data directory."""
+        return (self.root or self.out) / "data" / "base"
 
     def run_dir(self, run: RunSpec) -> Path:
         """The factlearn run directory of a run."""
@@ -102,13 +120,30 @@ class Plan:
         return self.out / "logs" / f"{name.replace('/', '__')}.log"
 
 
+def protocol_plan(exp: Experiments, protocol: Protocol, scale: str, seeds: int, root: Path, data: Path) -> Plan:
+    """An empty plan of ``protocol`` at ``scale`` in the folder ``root`` (its results in ``root`` for
+    scratch, ``root/<protocol>`` otherwise) on ``data``, with the base world and pretraining epochs
+    of the scale when the protocol starts from a pretrained tower."""
+    root = root.resolve()
+    out = root if protocol.path is None else root / protocol.name
+    plan = Plan(scale, out, data, None, list(range(seeds)), exp.split_seed,
+                exp.scale_config(scale).split.test_fraction, protocol=protocol, root=root)
+    if protocol.pretrained:
+        if exp.base_world[scale] is None or exp.pretrain_epochs[scale] is None:
+            raise UserError(f"{exp.path}: scales.{scale} needs 'base' and 'pretrain_epochs' for the "
+                            f"{protocol.name} protocol (it starts from a pretrained image tower)")
+        plan.base, plan.pretrain_epochs = exp.base_world[scale], exp.pretrain_epochs[scale]
+    return plan
+
+
 def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: Path,
-              data: Path | None = None) -> Plan:
+              data: Path | None = None, protocol: Protocol = SCRATCH_PROTOCOL) -> Plan:
     """Which task files, views and runs ``suites`` need at ``scale`` with training seeds
-    0..``seeds``-1, in the results folder ``out``, on ``data`` (default: the built-in world)."""
-    out = out.resolve()
-    plan = Plan(scale, out, data.resolve() if data else out / "data" / "world", None if data else exp.world[scale],
-                list(range(seeds)), exp.split_seed, exp.scale_config(scale).split.test_fraction)
+    0..``seeds``-1 under ``protocol``, in the results folder ``out`` (``out/<protocol>`` but for
+    scratch), on ``data`` (default: the built-in world, ``out/data/world``)."""
+    plan = protocol_plan(exp, protocol, scale, seeds, out,
+                         data.resolve() if data else out.resolve() / "data" / "world")
+    plan.world = None if data else exp.world[scale]
     for suite in suites:
         if suite not in exp.suites:
             raise UserError(f"suite {suite!r} is not in {exp.path}")
@@ -135,8 +170,11 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
         rows = [(f"{m} (importance: {own})" if m in sc.importance else m, m, m, None) for m in sc.methods]
         rows += [(f"{m} (importance: {label})", f"{m}-imp-{view.removeprefix(seq + '-')}", m, view)
                  for m in sc.importance for label, view in sources]
+        if suite in VARIANT_SUITES:
+            rows += [(v, v, spec.method, None) for v, spec in protocol.variants.items() if spec.method in sc.methods]
         entries = [Entry(label, variant) for label, variant, _, _ in rows]
-        specs = [RunSpec(seq, variant, m, s, view, probes) for _, variant, m, view in rows for s in plan.seeds]
+        specs = [RunSpec(seq, variant, m, s, view, probes, config=variant if variant in protocol.variants else None)
+                 for _, variant, m, view in rows for s in plan.seeds]
         for spec in specs:
             old = plan.runs.get(spec.id)
             if old is not None:  # the same run serves several suites: evaluate it on every suite's views

@@ -15,25 +15,28 @@ from .config import SuiteSpec
 from .tables import (
     METRIC_NAMES,
     METRICS,
+    Cell,
     SuiteResults,
-    adaptation_values,
+    adaptation_cells,
+    final_cells,
     monitored_curve,
 )
 
 
-def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults) -> list[Path]:
-    """Write the figures of a suite under ``out/plots/<suite>/``; returns the PNG files to show
-    (compare_plots' per-run matrices are left in the folder, not listed)."""
+def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str = "scratch") -> list[Path]:
+    """Write the figures of a suite trained under ``protocol`` under ``out/plots/<suite>/``; returns
+    the PNG files to show (compare_plots' per-run matrices are left in the folder, not listed)."""
     folder = out / "plots" / suite
     runs = [str(p) for p in res.seed0.values()]
     if not runs:
         return []
     if suite == "adaptation":
-        written = [_adaptation_figure(res, proto, folder / f"halves_{proto}.png") for proto in PROTOCOLS]
+        written = [_adaptation_figure(res, proto, protocol, folder / f"halves_{proto}.png") for proto in PROTOCOLS]
     elif suite == "topic":
-        written = [_topic_figure(res, sc.group, proto, folder / f"group_{sc.group}_{proto}.png") for proto in PROTOCOLS]
+        written = [_topic_figure(res, sc.group, proto, protocol, folder / f"group_{sc.group}_{proto}.png")
+                   for proto in PROTOCOLS]
     else:
-        written = [_final_figure(res, suite, proto, folder / f"final_{proto}.png") for proto in PROTOCOLS]
+        written = [_final_figure(res, suite, proto, protocol, folder / f"final_{proto}.png") for proto in PROTOCOLS]
     for proto in PROTOCOLS:
         pngs = compare_plots(runs, folder / proto, list(METRICS), proto)
         written += sorted(p for p in pngs if p.name.startswith("sequence_"))
@@ -47,15 +50,15 @@ def _figure(ncols: int):
     return fig, fig.subplots(1, ncols, squeeze=False).ravel()
 
 
-def _bars(ax, values: dict[str, dict[str, list[float]]], ylabel: str) -> None:
+def _bars(ax, values: dict[str, dict[str, Cell]], ylabel: str) -> None:
     """Grouped bars: one group per row label, one bar per column, mean with the std over seeds."""
     labels = list(values)
     columns = list(dict.fromkeys(c for v in values.values() for c in v))
     width = 0.8 / len(columns)
     for k, col in enumerate(columns):
-        cells = [values[lab].get(col, []) for lab in labels]
-        means = [np.mean(c) if c else np.nan for c in cells]
-        stds = [np.std(c, ddof=1) if len(c) > 1 else 0 for c in cells]
+        cells = [values[lab].get(col, Cell((), ())) for lab in labels]
+        means = [np.nan if c.mean is None else c.mean for c in cells]
+        stds = [c.std or 0 for c in cells]
         ax.bar(np.arange(len(labels)) + (k - (len(columns) - 1) / 2) * width, means, width, yerr=stds, label=col)
     ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 16) for lab in labels], fontsize=8)
     ax.set_ylim(0, 1.02)
@@ -63,30 +66,28 @@ def _bars(ax, values: dict[str, dict[str, list[float]]], ylabel: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
-def _adaptation_figure(res: SuiteResults, proto: str, path: Path) -> Path:
+def _adaptation_figure(res: SuiteResults, proto: str, protocol: str, path: Path) -> Path:
     fig, axes = _figure(len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        _bars(ax, adaptation_values(res, proto, metric), f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
+        _bars(ax, adaptation_cells(res, proto, metric), f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Importance from one half of {res.tasks[0]} ({proto} protocol)")
+    fig.suptitle(f"Importance from one half of {res.tasks[0]} ({proto} evaluation, {protocol} protocol)")
     return save_png(fig, path)
 
 
-def _final_figure(res: SuiteResults, suite: str, proto: str, path: Path) -> Path:
+def _final_figure(res: SuiteResults, suite: str, proto: str, protocol: str, path: Path) -> Path:
     """Each task's accuracy after the last task, and their mean, per method (mean ± std over seeds)."""
     fig, axes = _figure(len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        values = {}
-        for label, runs in res.metrics.items():
-            values[label] = {t: [m.final(proto)[t][metric] for m in runs] for t in res.tasks}
-            values[label]["mean"] = [m.sequence(metric, proto)["average"] for m in runs]
+        values = {label: {k: c for k, c in cells.items() if k != "BWT"}
+                  for label, cells in final_cells(res, proto, metric).items()}
         _bars(ax, values, f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
     axes[0].legend(fontsize=8, ncols=len(res.tasks) + 1)
-    fig.suptitle(f"{suite}: each task's accuracy after the last one ({proto} protocol)")
+    fig.suptitle(f"{suite}: each task's accuracy after the last one ({proto} evaluation, {protocol} protocol)")
     return save_png(fig, path)
 
 
-def _topic_figure(res: SuiteResults, group: str, proto: str, path: Path) -> Path:
+def _topic_figure(res: SuiteResults, group: str, proto: str, protocol: str, path: Path) -> Path:
     fig, axes = _figure(len(METRICS))
     x = np.arange(len(res.tasks))
     for ax, metric in zip(axes, METRICS):
@@ -104,7 +105,7 @@ def _topic_figure(res: SuiteResults, group: str, proto: str, path: Path) -> Path
         ax.set_ylabel(f"{METRIC_NAMES[metric]} on group '{group}'")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Monitored group '{group}': its facts trained so far ({proto} protocol)")
+    fig.suptitle(f"Monitored group '{group}': its facts trained so far ({proto} evaluation, {protocol} protocol)")
     return save_png(fig, path)
 
 

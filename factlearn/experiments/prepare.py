@@ -1,5 +1,6 @@
-"""Preparing a plan's files before training: the world, the task files, the views, the configs;
-and how many optimizer steps each run will take.
+"""Preparing a plan's files before training: the world, the base world and the pretrained backbone
+(protocols that start from one), the task files, the views, the configs; and how many optimizer
+steps each run will take.
 
 Everything is made only when missing, so a reproduction that stopped continues where it was.
 """
@@ -11,41 +12,64 @@ from pathlib import Path
 
 import yaml
 
+from ..config import TrainConfig, from_dict
 from ..data.importers import place_image
-from ..data.manifest import ManifestRow, load_dataset, write_manifest
-from ..data.splits import image_splits, load_tasks_file, monitored_facts
+from ..data.manifest import Dataset, ManifestRow, load_dataset, write_manifest
+from ..data.splits import image_splits, load_tasks_file, make_split, monitored_facts
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..training.schedule import task_steps
 from .children import check_child_factlearn, factlearn_cli
-from .config import Experiments, WorldSpec, method_config
+from .config import Experiments, WorldSpec
 from .plan import Plan, View
+from .protocols import run_config
 
 
-def prepare(plan: Plan, exp: Experiments, jobs: int) -> None:
-    """Make whatever is missing of the world, the task files, the views and the configs."""
+def prepare(plan: Plan, exp: Experiments, jobs: int, configs: dict[str, dict], device: str = "auto") -> None:
+    """Make whatever is missing of the world, the pretrained backbone, the task files, the views and
+    the run configs (``configs``: :func:`run_configs`)."""
     log = plan.log_file("prepare")
     check_child_factlearn(log)
     if plan.world is not None:
         ensure_world(plan.data, plan.world, jobs, log)
+    ensure_pretrained(plan, exp, plan.data, jobs, device, log)
     write_tasks_files(plan, log)
     for view in plan.views.values():
         if not (plan.view_dir(view.name) / "manifest.jsonl").is_file():
             write_view(plan.data, view_rows(plan, view), plan.view_dir(view.name))
-    for method in sorted({r.method for r in plan.runs.values()}):
-        write_config(plan.config_file(method), method_config(exp, plan.scale, method), plan.scale)
+    for name, cfg in configs.items():
+        write_config(plan.config_file(name), cfg, plan.scale)
 
 
-def ensure_world(path: Path, world: WorldSpec, jobs: int, log: Path) -> None:
-    """Generate the built-in world (``factlearn synth``) into ``path`` unless it is there."""
+def run_configs(plan: Plan, exp: Experiments) -> dict[str, dict]:
+    """The config of every run of the plan, by config name (a method or a protocol's variant)."""
+    names = sorted({r.config or r.method for r in plan.runs.values()})
+    return {n: run_config(exp, plan.protocol, plan.scale, n, plan.pretrained) for n in names}
+
+
+def ensure_world(path: Path, world: WorldSpec, jobs: int, log: Path, exclude: Path | None = None) -> None:
+    """Generate a built-in world (``factlearn synth``) into ``path`` unless it is there; ``exclude``:
+    a data directory none of whose facts it may show."""
     if (path / "manifest.jsonl").is_file():
         return
     partial = path.with_name(f".{path.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     print(f"generating the {world.preset} world in {path}", flush=True)
-    factlearn_cli(["synth", str(partial), "--preset", world.preset, "--seed", str(world.seed),
-                   "--workers", str(jobs)], log)
+    factlearn_cli(["synth", str(partial), *world.synth_options(), "--workers", str(jobs),
+                   *(["--exclude", str(exclude)] if exclude else [])], log)
     partial.rename(path)
+
+
+def ensure_pretrained(plan: Plan, exp: Experiments, world: Path, jobs: int, device: str, log: Path) -> None:
+    """The plan's pretrained backbone unless it is there (or the protocol needs none): the base world
+    (sharing no fact with ``world``), then ``factlearn pretrain`` on it with the scale's config."""
+    if plan.pretrained is None or (plan.pretrained / "pretrain.json").is_file():
+        return
+    ensure_world(plan.base_dir, plan.base, jobs, log, exclude=world)
+    print(f"pretraining the image tower on {plan.base_dir} ({plan.pretrain_epochs} epochs)", flush=True)
+    factlearn_cli(["pretrain", "--data", str(plan.base_dir), "--config", str(exp.config_path[plan.scale]),
+                   "--out", str(plan.pretrained), "--epochs", str(plan.pretrain_epochs), "--seed", "0",
+                   "--device", device], log)
 
 
 def write_tasks_files(plan: Plan, log: Path) -> None:
@@ -101,23 +125,45 @@ def write_view(data: Path, rows: list[int], out: Path, keep_split: bool = True) 
     partial.rename(out)
 
 
-def train_steps(plan: Plan, exp: Experiments) -> dict[str, int]:
-    """Optimizer steps of each run (:func:`factlearn.training.schedule.task_steps` per task; joint
-    trains on the union so far), from the task files and the data; empty until the task files exist."""
-    if not all(plan.tasks_file(s).is_file() for s in plan.sequences) or not plan.data.exists():
+def train_steps(plan: Plan, configs: dict[str, dict], dataset: Dataset | None = None) -> dict[str, int]:
+    """Optimizer steps of each run (:func:`factlearn.training.schedule.task_steps` per task, with the
+    run's config; joint trains on the union so far), from the data (``dataset``, default the plan's
+    data directory) and the task files (or, before they are written, the split they will hold);
+    empty until the data exists. With ``train.val_fraction`` a task's validation share is not trained
+    on and its epochs are a maximum (the task may stop at a plateau): the count is an upper bound."""
+    if dataset is None and not (plan.data / "manifest.jsonl").is_file():
         return {}
-    dataset = load_dataset(plan.data)
+    dataset = dataset or load_dataset(plan.data)
     is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)
-    train = exp.scale_config(plan.scale).train
+    facts = {}
+    for seq, (kind, tasks) in plan.sequences.items():
+        if plan.tasks_file(seq).is_file():
+            task_file = load_tasks_file(plan.tasks_file(seq), dataset)
+            facts[seq] = [t.facts for t in task_file.tasks]
+            is_test = is_test.copy()
+            is_test[task_file.held_out] = True  # held-out images are not trained on either
+        else:
+            facts[seq] = [t.facts for t in make_split(dataset, kind, tasks, plan.split_seed)]
     per_fact: dict[int, int] = {}  # training images per fact
     for f, test in zip(dataset.fact_ids(), is_test):
         per_fact[f] = per_fact.get(f, 0) + (not test)
-    sizes = {seq: [sum(per_fact.get(f, 0) for f in t.facts) for t in load_tasks_file(plan.tasks_file(seq), dataset).tasks]
-             for seq in plan.sequences}
     steps = {}
     for run in plan.runs.values():
-        n = sizes[run.sequence]
+        train = from_dict(TrainConfig, configs[run.config or run.method].get("train"), "train")
+        n = [sum(per_fact.get(f, 0) for f in task) for task in facts[run.sequence]]
+        n = [k - (max(1, round(train.val_fraction * k)) if train.val_fraction else 0) for k in n]
         if run.method == "joint":
             n = [sum(n[: i + 1]) for i in range(len(n))]
         steps[run.id] = sum(task_steps(k, train.batch_size, train.epochs) for k in n)
     return steps
+
+
+def pretrain_steps(plan: Plan, exp: Experiments) -> int | None:
+    """Optimizer steps of the plan's pretraining (one task: every training image of the base world),
+    once the base world exists; None before, or without one."""
+    if plan.pretrained is None or not (plan.base_dir / "manifest.jsonl").is_file():
+        return None
+    cfg = exp.scale_config(plan.scale)  # what `factlearn pretrain --config` gets
+    n = int((~image_splits(load_dataset(plan.base_dir), cfg.split.test_fraction, cfg.split.seed)).sum())
+    n -= max(1, round(cfg.train.val_fraction * n)) if cfg.train.val_fraction else 0
+    return task_steps(n, cfg.train.batch_size, plan.pretrain_epochs)

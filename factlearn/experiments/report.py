@@ -1,6 +1,7 @@
 """The report of a reproduction, written into its results folder OUT: ``README.md`` (how the runs
-were made, and each suite's headline tables), ``<suite>.md`` (every table and plot of a suite) and
-``plots/<suite>/``; and ``timings.json``, the record of every invocation and of each run's time.
+were made, under which training protocol, and each suite's headline tables), ``<suite>.md`` (every
+table and plot of a suite), ``plots/<suite>/`` and ``summary.json`` (every number of the tables:
+:mod:`.summary`); and ``timings.json``, the record of every invocation and of each run's time.
 
 The pages link only to what is published with them (the plots); a suite's task file is named with
 the ``factlearn split`` command that writes it, since OUT/tasks/ is work, not results.
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import factlearn
 
+from ..continual import METHODS
 from ..errors import UserError
 from ..io import atomic_write_text, read_json
 from .config import Experiments
@@ -21,6 +24,7 @@ from .execute import Outcome
 from .plan import Plan
 from .plots import suite_plots
 from .prepare import split_options
+from .summary import suite_records, write_summary
 from .tables import SuiteResults, collect, suite_sections
 
 SUITE_DOC = {
@@ -40,18 +44,20 @@ HEADLINE_TABLES = {"adaptation": 1}  # tables of a suite README.md shows (defaul
 
 
 def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = True) -> Path:
-    """``<suite>.md`` and plots for every suite of the plan with a complete run, and README.md
-    indexing them; ``invocation`` (see :func:`record_timings`) stands in when timings.json has none."""
+    """``<suite>.md`` and plots for every suite of the plan with a complete run, README.md indexing
+    them and summary.json; ``invocation`` (see :func:`record_timings`) stands in when timings.json
+    has none."""
     timings = read_timings(plan.out)
-    lines = [f"# Reproduction results ({plan.scale} scale)", "",
+    protocol = plan.protocol
+    lines = [f"# Reproduction results ({plan.scale} scale, {protocol.name} protocol)", "",
              (f"Written by `scripts/reproduce.py` on {invocation['finished']} (command: `{invocation['command']}`; "
               f"factlearn {factlearn.__version__} from `{Path(factlearn.__file__).parent}`)."), "",
+             f"- training protocol: {protocol.about} (every table and plot here)",
              f"- data: `{plan.data}`" + (f" (built-in world, preset {plan.world.preset}, seed {plan.world.seed})"
                                          if plan.world else ""),
              (f"- seeds: {len(plan.seeds)} (training seeds {', '.join(map(str, plan.seeds))}; split seed "
               f"{plan.split_seed} for every run)"),
-             (f"- configs: `configs/` (model and training: configs/reproduce/{plan.scale}.yaml; methods: "
-              "configs/reproduce/methods.yaml)"),
+             *config_lines(plan, exp),
              "- invocations (wall time to prepare, train and probe; timings.json):",
              *(f"  - {i['finished']}: `{i['command']}`: {i['seconds'] / 60:.1f} min, {i['jobs']} job(s), "
                f"{i['trained']} run(s) trained, {i['skipped']} already complete, {i['failed']} failed"
@@ -60,22 +66,57 @@ def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = T
     if timed:
         wall, cpu = sum(t["train_s"] for t in timed), sum(t.get("train_cpu_s", math.nan) for t in timed)
         steps = sum(t["steps"] for t in timed)
-        lines += [(f"- training time of the {len(timed)} runs trained from scratch: {wall / 60:.1f} min wall, "
+        lines += [(f"- training time of the {len(timed)} runs trained start to end (not resumed): {wall / 60:.1f} min wall, "
                    f"{cpu / 60:.1f} min CPU, for {steps} optimizer steps: {1000 * wall / steps:.0f} ms wall, "
                    f"{1000 * cpu / steps:.0f} ms CPU per step (start-up, importance and evaluation included)"), ""]
+    records = []
     for suite in plan.suites:
         sc = exp.suites[suite]
         res = collect(plan, suite)
         if not res.tasks:  # nothing of it has run (in OUT, with these seeds)
             continue
-        pngs = suite_plots(plan.out, suite, sc, res) if plots else []
+        pngs = suite_plots(plan.out, suite, sc, res, protocol.name) if plots else []
         atomic_write_text(plan.out / f"{suite}.md", suite_markdown(plan, suite, exp, res, pngs))
+        records += suite_records(protocol.name, suite, res, sc.group if suite == "topic" else None)
         lines += [f"## {suite}", "", SUITE_DOC[suite], "",
-                  f"[All tables and plots]({suite}.md) (the generalized protocol too); plots in `plots/{suite}/`.", "",
-                  "\n\n".join(suite_sections(suite, sc, res)[: HEADLINE_TABLES.get(suite, 2)]), ""]
+                  f"[All tables and plots]({suite}.md) (the generalized evaluation too); plots in `plots/{suite}/`.", "",
+                  "\n\n".join(suite_sections(suite, sc, res, protocol.name)[: HEADLINE_TABLES.get(suite, 2)]), ""]
+    write_summary(plan.out, scale=plan.scale, protocol=protocol.name, images="test", data=plan.data, seeds=plan.seeds,
+                  records=records, written=invocation["finished"])
     readme = plan.out / "README.md"
     atomic_write_text(readme, "\n".join(lines))
     return readme
+
+
+def config_lines(plan: Plan, exp: Experiments) -> list[str]:
+    """The README's lines on the configs: the files layered, each config's lambda and where it comes
+    from, the pretrained backbone, and the results of the scale's other protocols."""
+    protocol, layers = plan.protocol, f"configs/reproduce/{exp.config_path[plan.scale].name}"
+    if protocol.path is not None:
+        layers += f", with configs/reproduce/{protocol.path.name} over it"
+    lines = [f"- configs: `configs/` (model and training: {layers}; methods: configs/reproduce/"
+             f"{exp.methods_path.name}" + (f" and {protocol.lambda_path.name} where written" if protocol.path else "")
+             + "); each method's lambda:"]
+    for name, method in sorted({(r.config or r.method, r.method) for r in plan.runs.values()}):
+        if "lam" in METHODS[method].options:  # finetune and joint have none
+            lam, source = protocol.lam(exp, plan.scale, name)
+            lines.append(f"  - {name}: {lam:g} ({source})")
+    if plan.pretrained is not None:
+        try:
+            record = read_json(plan.pretrained / "pretrain.json")
+            lines.append(f"- image tower pretrained on the base world `{plan.base_dir}` ({record.get('facts')} facts, "
+                         f"none of the world's; `factlearn pretrain`, {record.get('epochs_trained')} epochs in "
+                         f"{record.get('seconds')} s; base-world test top-1 {100 * record.get('test_top1', 0):.1f}): "
+                         f"`{plan.pretrained}`")
+        except (UserError, TypeError):
+            lines.append(f"- image tower pretrained on the base world: `{plan.pretrained}` (not made yet)")
+    root = plan.root or plan.out
+    folders = {"scratch": root, **{name: root / name for name in exp.protocols}}
+    others = [f"[{name}]({Path(os.path.relpath(folder / 'README.md', plan.out)).as_posix()})"
+              for name, folder in folders.items() if folder != plan.out and (folder / "README.md").is_file()]
+    if others:
+        lines.append("- the other protocols' results at this scale: " + ", ".join(others))
+    return lines
 
 
 def suite_markdown(plan: Plan, suite: str, exp: Experiments, res: SuiteResults, plots: list[Path]) -> str:
@@ -86,9 +127,9 @@ def suite_markdown(plan: Plan, suite: str, exp: Experiments, res: SuiteResults, 
     about = (f"Task sequence `{seq}` ({sc.split} split, {sc.tasks} tasks: `factlearn split <data> "
              f"{' '.join(split_options(plan, seq))}`, in the results folder as `tasks/{seq}.json`), "
              f"{plan.scale} scale, {n_seeds} seed(s): mean ± std in percent (no ± with one seed); `-`: run missing "
-             "or incomplete.")
+             f"or incomplete. Training protocol: {plan.protocol.about}. Every number is also in summary.json.")
     lines = [f"# {suite}", "", SUITE_DOC[suite], "", about, ""]
-    for section in suite_sections(suite, sc, res):
+    for section in suite_sections(suite, sc, res, plan.protocol.name):
         lines += [section, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.name}]({p.relative_to(plan.out).as_posix()})" for p in plots] + [""]

@@ -1,7 +1,25 @@
-"""Reproduce the experiments of issue 7 with one command: tables and plots from scratch.
+"""Reproduce the experiments of issues 7 and 17 with one command: tables and plots, from the world up.
 
     scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,topic,all} [SUITE ...] [--quick]
-                         [--seeds N] [--out DIR] [--data DIR] [--jobs J] [--device D] [--dry-run]
+                         [--protocol {scratch,faithful,modern}] [--seeds N] [--out DIR] [--data DIR]
+                         [--jobs J] [--device D] [--dry-run]
+
+Training protocols (:mod:`.protocols`; configs/reproduce/experiments.yaml names their files):
+
+- scratch     (the default) the scale's config as it is: both towers from scratch, the contrastive
+              loss, Adam. Results in OUT itself, as before protocols existed.
+- faithful    configs/reproduce/faithful.yaml: the reference's setup (pretrained image tower, fixed
+              fact vectors, the raw distance, SGD with momentum, each task to a plateau).
+- modern      configs/reproduce/modern.yaml: the scale's two-tower setting from the pretrained tower.
+
+The protocols with a pretrained tower make it once per scale (shared by them): the base world in
+``OUT/data/base`` (``factlearn synth --preset base --exclude <the world>``, the scale's ``base``
+size) and ``factlearn pretrain`` on it with the scale's config into ``OUT/pretrained``; their
+results go to ``OUT/<protocol>/``, laid out as OUT is for scratch. Their lambdas come from
+configs/reproduce/lambda-<protocol>.yaml (``scripts/sweep_lambda.py --protocol P`` writes it) and,
+for a method it does not list, from methods.yaml; the README says which. A protocol's
+``variants`` (MAS's controls, and in modern MAS with the normalized output or the decoupled pull)
+are more rows of the two-task suite.
 
 Suites (configs/reproduce/experiments.yaml says which methods and splits each uses):
 
@@ -22,8 +40,9 @@ Every number is the standard protocol (a task's images ranked among that task's 
 generalized one (among all facts seen so far), top-1 and top-5, mean ± std over the seeds
 (``--seeds N``: training seeds 0..N-1; the split stays fixed). Results go to OUT (default
 ``results/full``, ``results/quick`` with ``--quick``): ``README.md`` (index and headline
-tables), ``<suite>.md`` (all tables), ``plots/<suite>/`` (PNG; accuracy matrices and per-task
-curves from :mod:`factlearn.compare`, of seed 0), and the work: ``data/world`` (the built-in
+tables), ``<suite>.md`` (all tables), ``summary.json`` (every number of the tables, with the seeds
+it covers: :mod:`.summary`), ``plots/<suite>/`` (PNG; accuracy matrices and per-task curves from
+:mod:`factlearn.compare`, of seed 0), and the work: ``data/world`` (the built-in
 world when ``--data`` is not given: preset small with ``--quick``, 6ds otherwise), ``tasks/``
 (task files), ``views/`` (small data directories: the adaptation halves and the group's images,
 whose images are hard links, or copies, of the data's), ``configs/`` (each method's config),
@@ -47,15 +66,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
-from .config import SUITES, load_experiments, method_config
+from .config import SUITES, load_experiments
 from .execute import Outcome, config_mismatch, execute, run_complete, train_command
 from .plan import Plan, make_plan
-from .prepare import prepare, train_steps
-from .report import record_timings, write_report
+from .prepare import prepare, pretrain_steps, run_configs, train_steps
+from .protocols import SCRATCH, load_protocol, now
+from .report import read_timings, record_timings, write_report
 
 CONFIG_DIR = Path("configs") / "reproduce"  # of the checkout: the experiments file and what it names
 
@@ -67,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--suite", required=True, nargs="+", choices=[*SUITES, "all"],
                    help="One or more suites (or all), trained together: --jobs packs their runs.")
     p.add_argument("--quick", action="store_true", help="Small world and model, 1 seed: about 15 min on 2 cores.")
+    p.add_argument("--protocol", default=SCRATCH,
+                   help="Training protocol: scratch (default: the scale's config as it is), faithful, modern "
+                        "(configs/reproduce/<protocol>.yaml; results in OUT/<protocol>/).")
     p.add_argument("--seeds", type=int, default=None, help="Training seeds 0..N-1 (default: 1 quick, 3 full).")
     p.add_argument("--out", type=Path, default=None, help="Results folder (default: results/quick or results/full).")
     p.add_argument("--data", type=Path, default=None, help="Data directory (default: generate the built-in world).")
@@ -104,34 +126,38 @@ def _main(argv: list[str], root: Path) -> int:
     started = time.perf_counter()
     scale = "quick" if args.quick else "full"
     exp = load_experiments(args.experiments or root / CONFIG_DIR / "experiments.yaml")
+    protocol = load_protocol(exp, args.protocol)
     suites = list(exp.suites) if "all" in args.suite else list(dict.fromkeys(args.suite))
     seeds = args.seeds or (1 if args.quick else 3)
-    plan = make_plan(exp, suites, scale, seeds, args.out or root / "results" / scale, args.data)
-    configs = {m: method_config(exp, scale, m) for m in {r.method for r in plan.runs.values()}}
+    out = args.out or root / "results" / scale
+    plan = make_plan(exp, suites, scale, seeds, out, args.data, protocol)
+    check_protocol(plan)
+    configs = run_configs(plan, exp)
     for run in plan.runs.values():
-        why = config_mismatch(plan, run, configs[run.method])
+        why = config_mismatch(plan, run, configs[run.config or run.method])
         if why:
             raise UserError(f"{plan.run_dir(run)} was trained with another config ({why}): "
                             "use another --out, or delete that run")
     command = "scripts/reproduce.py " + " ".join(argv)
     # the index covers every suite with complete runs in OUT, not only those of this invocation
-    everything = make_plan(exp, list(exp.suites), scale, seeds, plan.out, args.data)
+    everything = make_plan(exp, list(exp.suites), scale, seeds, out, args.data, protocol)
     if args.dry_run:
-        print_plan(plan, args.device, train_steps(plan, exp))
+        plateau = any((c.get("train") or {}).get("val_fraction") for c in configs.values())
+        print_plan(plan, args.device, train_steps(plan, configs), pretrain_steps(plan, exp), plateau)
         return 0
     if args.report_only:
-        readme = write_report(everything, exp, invocation(command, 0, 0.0, []), plots=not args.no_plots)
+        readme = write_report(everything, exp, invocation(command, 0, 0.0, [], protocol.name), plots=not args.no_plots)
         print(f"report of the complete runs so far: {readme}")
         return 0
     if args.data is not None and not args.data.exists():
         raise UserError(f"--data {args.data}: not found")
-    prepare(plan, exp, args.jobs)
-    steps = train_steps(plan, exp)
+    prepare(plan, exp, args.jobs, configs, args.device)
+    steps = train_steps(plan, configs)
     runs = sorted(plan.runs.values(), key=lambda r: -steps.get(r.id, 0))  # longest first: they pack better
     print(f"{len(runs)} runs ({sum(not run_complete(plan.run_dir(r)) for r in runs)} to train), "
           f"{args.jobs} at a time; logs in {plan.out / 'logs'}", flush=True)
     outcomes = execute(plan, runs, args.jobs, args.device)
-    done = invocation(command, args.jobs, time.perf_counter() - started, outcomes)
+    done = invocation(command, args.jobs, time.perf_counter() - started, outcomes, protocol.name)
     record_timings(plan.out, outcomes, steps, done)
     readme = write_report(everything, exp, done, plots=not args.no_plots)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {readme}")
@@ -141,18 +167,37 @@ def _main(argv: list[str], root: Path) -> int:
     return 1 if failed else 0
 
 
-def invocation(command: str, jobs: int, seconds: float, outcomes: list[Outcome]) -> dict:
+def check_protocol(plan: Plan) -> None:
+    """Refuse a results folder whose invocations (timings.json) trained another protocol (a folder
+    from before protocols existed is scratch's)."""
+    for record in read_timings(plan.out).get("invocations", []):
+        theirs = record.get("protocol", SCRATCH)
+        if theirs != plan.protocol.name:
+            raise UserError(f"{plan.out} holds results of the {theirs} protocol, not {plan.protocol.name}: "
+                            "use another --out")
+
+
+def invocation(command: str, jobs: int, seconds: float, outcomes: list[Outcome], protocol: str = SCRATCH) -> dict:
     """The record of an invocation in timings.json and the report (``jobs`` 0: report only)."""
-    return {"command": command, "jobs": jobs, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"command": command, "protocol": protocol, "jobs": jobs, "finished": now(),
             "seconds": round(seconds, 1),
             "trained": sum(o.status in ("trained", "resumed") for o in outcomes),
             "skipped": sum(o.status in ("skipped", "probed") for o in outcomes),
             "failed": sum(o.status == "failed" for o in outcomes)}
 
 
-def print_plan(plan: Plan, device: str, steps: dict[str, int]) -> None:
-    """The runs, their state (complete, resume, new), commands and training steps (once the task files exist)."""
-    print(f"{plan.scale} scale, data {plan.data}" + (" (to generate)" if plan.world else ""))
+def print_plan(plan: Plan, device: str, steps: dict[str, int], pretraining: int | None = None,
+               upper_bound: bool = False) -> None:
+    """The runs, their state (complete, resume, new), commands and training steps (once the data
+    exists; ``upper_bound``: tasks may stop early, at a plateau)."""
+    generate = plan.world is not None and not (plan.data / "manifest.jsonl").is_file()
+    print(f"{plan.scale} scale, {plan.protocol.name} protocol, results in {plan.out}, data {plan.data}"
+          + (" (to generate)" if generate else ""))
+    if plan.pretrained is not None:
+        made = (plan.pretrained / "pretrain.json").is_file()
+        print(f"pretrained image tower {plan.pretrained}: " + ("made" if made else (
+              f"to make (base world {plan.base_dir}: synth {' '.join(plan.base.synth_options())}; "
+              f"pretrain {plan.pretrain_epochs} epochs" + (f", {pretraining} steps)" if pretraining else ")"))))
     for suite, (seq, entries) in plan.suites.items():
         print(f"{suite}: {seq}, {len(entries)} rows x {len(plan.seeds)} seed(s)")
     for run in plan.runs.values():
@@ -163,4 +208,5 @@ def print_plan(plan: Plan, device: str, steps: dict[str, int]) -> None:
         print(f"  [{state}] {run.id}{n}{probes}")
         if state != "complete":
             print("    " + " ".join(train_command(plan, run, device)))
-    print(f"{len(plan.runs)} runs" + (f", {sum(steps.values())} optimizer steps" if steps else ""))
+    bound = " at most (tasks stop at a plateau)" if upper_bound else ""
+    print(f"{len(plan.runs)} runs" + (f", {sum(steps.values())} optimizer steps{bound}" if steps else ""))

@@ -1,11 +1,21 @@
 """A suite's results and its markdown tables: mean ± std over seeds of the complete runs'
-metrics (read through :class:`factlearn.results.Metrics`) and of their probes."""
+metrics (read through :class:`factlearn.results.Metrics`) and of their probes.
+
+Every number of a table is a :class:`Cell` (a quantity's values and the seeds they come from), made
+by one function per kind of table (:func:`final_cells`, :func:`matrix_cells`,
+:func:`adaptation_cells`, :func:`topic_cells`); the markdown shows them and summary.json
+(:mod:`.summary`) records them, so the two always agree.
+
+Two meanings of "protocol" meet here: the TRAINING protocol of the runs (scratch, faithful, modern:
+:mod:`.protocols`), named in every heading, and the EVALUATION protocol (standard: among the task's
+facts; generalized: among all facts seen so far), called "evaluation" in the headings.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import PROTOCOLS, Metrics
@@ -25,6 +35,9 @@ class SuiteResults:
     metrics: dict[str, list[Metrics]]  # entry label -> one per seed
     probes: dict[str, dict[str, list[dict]]]  # entry label -> view -> probe documents (of :mod:`.probe`)
     seed0: dict[str, Path]  # entry label -> run directory of the first seed (for plots)
+    seeds: dict[str, list[int]] = field(default_factory=dict)  # entry label -> the seed of each metrics
+    probe_seeds: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> view -> seeds
+    variants: dict[str, str] = field(default_factory=dict)  # entry label -> its runs' variant
 
 
 def collect(plan: Plan, suite: str) -> SuiteResults:
@@ -32,7 +45,8 @@ def collect(plan: Plan, suite: str) -> SuiteResults:
     seq, entries = plan.suites[suite]
     res = SuiteResults([], {}, {}, {})
     for e in entries:
-        res.metrics[e.label], res.probes[e.label] = [], {}
+        res.metrics[e.label], res.probes[e.label], res.seeds[e.label] = [], {}, []
+        res.probe_seeds[e.label], res.variants[e.label] = {}, e.variant
         for seed in plan.seeds:
             run = plan.runs[f"{seq}/seed{seed}/{e.variant}"]
             metrics = read_metrics(plan.run_dir(run))
@@ -40,21 +54,50 @@ def collect(plan: Plan, suite: str) -> SuiteResults:
                 continue
             res.tasks = metrics.tasks
             res.metrics[e.label].append(metrics)
+            res.seeds[e.label].append(seed)
             res.seed0.setdefault(e.label, plan.run_dir(run))
             for view in run.probes:
                 doc = read_probe(plan, run, view)
                 if doc is not None:
                     res.probes[e.label].setdefault(view, []).append(doc)
+                    res.probe_seeds[e.label].setdefault(view, []).append(seed)
     return res
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of a table: a quantity's values over the seeds that have one (a missing or NaN
+    value leaves its seed out)."""
+
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, seeds: list[int], values: list[float | None]) -> Cell:
+        """The cell of ``values`` (aligned with ``seeds``)."""
+        kept = [(s, v) for s, v in zip(seeds, values) if v is not None and not math.isnan(v)]
+        return cls(tuple(s for s, _ in kept), tuple(float(v) for _, v in kept))
+
+    @property
+    def mean(self) -> float | None:
+        """The mean over the seeds (None: no value)."""
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """The sample standard deviation over the seeds (None with fewer than two)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def text(self) -> str:
+        """Percent, one decimal: ``72.8 ± 1.2`` over seeds, ``72.8`` for one, ``-`` for none."""
+        if self.mean is None:
+            return "-"
+        return f"{100 * self.mean:.1f}" if self.std is None else f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
 
 
 def mean_std(values: list[float]) -> str:
     """Percent, one decimal: ``72.8 ± 1.2`` over seeds, ``72.8`` for one, ``-`` for none."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+    return Cell.of(list(range(len(values))), values).text()
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -63,35 +106,51 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def final_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
+    """Per entry: each task's accuracy after the last task, their ``mean``, and ``BWT`` (< 0: forgetting)."""
+    out = {}
+    for label, runs in res.metrics.items():
+        seeds = res.seeds[label]
+        cells = {t: Cell.of(seeds, [m.final(proto)[t][metric] for m in runs]) for t in res.tasks}
+        cells["mean"] = Cell.of(seeds, [m.sequence(metric, proto)["average"] for m in runs])
+        cells["BWT"] = Cell.of(seeds, [m.sequence(metric, proto)["bwt"] for m in runs])
+        out[label] = cells
+    return out
+
+
 def final_table(res: SuiteResults, proto: str, metric: str) -> str:
     """Per entry: each task's accuracy after the last task, their mean, and BWT (< 0: forgetting)."""
-    rows = []
-    for label, runs in res.metrics.items():
-        cells = [mean_std([m.final(proto)[t][metric] for m in runs]) for t in res.tasks]
-        cells += [mean_std([m.sequence(metric, proto)["average"] for m in runs]),
-                  mean_std([m.sequence(metric, proto)["bwt"] for m in runs])]
-        rows.append([label, *cells])
-    return md_table(["method", *res.tasks, "mean", "BWT"], rows)
+    cells = final_cells(res, proto, metric)
+    return md_table(["method", *res.tasks, "mean", "BWT"],
+                    [[label, *(c.text() for c in row.values())] for label, row in cells.items()])
 
 
-def matrix_table(runs: list[Metrics], tasks: list[str], proto: str, metric: str) -> str:
-    """Row i: after training task i; column j: accuracy on task j (tasks not trained yet left blank)."""
-    matrices = [m.matrix(metric, proto) for m in runs]
-    rows = [[f"after {ti}", *(mean_std([m[i][j] for m in matrices]) if j <= i else "" for j in range(len(tasks)))]
-            for i, ti in enumerate(tasks)]
-    return md_table(["", *tasks], rows)
+def matrix_cells(res: SuiteResults, label: str, proto: str, metric: str) -> list[list[Cell | None]]:
+    """Row i: after training task i; column j: the entry's accuracy on task j (None: not trained yet)."""
+    matrices = [m.matrix(metric, proto) for m in res.metrics[label]]
+    n = len(res.tasks)
+    return [[Cell.of(res.seeds[label], [m[i][j] for m in matrices]) if j <= i else None for j in range(n)]
+            for i in range(n)]
 
 
-def adaptation_values(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, list[float]]]:
+def matrix_table(res: SuiteResults, label: str, proto: str, metric: str) -> str:
+    """The accuracy matrix of an entry (tasks not trained yet left blank)."""
+    rows = matrix_cells(res, label, proto, metric)
+    return md_table(["", *res.tasks], [[f"after {t}", *(c.text() if c else "" for c in row)]
+                                      for t, row in zip(res.tasks, rows)])
+
+
+def adaptation_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
     """Per entry, after the last task: B1 and B2 test accuracy and accuracy on each half's images."""
     first, last = res.tasks[0], res.tasks[-1]
     out = {}
     for label, runs in res.metrics.items():
-        vals = {f"{t} test": [m.final(proto)[t][metric] for m in runs] for t in res.tasks}
+        cells = {f"{t} test": Cell.of(res.seeds[label], [m.final(proto)[t][metric] for m in runs]) for t in res.tasks}
         for view, probes in sorted(res.probes[label].items()):
             half = view.rsplit("-", 1)[-1]
-            vals[f"{half} images"] = [p["after"][last][proto][first][metric] for p in probes]
-        out[label] = vals
+            cells[f"{half} images"] = Cell.of(res.probe_seeds[label][view],
+                                              [p["after"][last][proto][first][metric] for p in probes])
+        out[label] = cells
     return out
 
 
@@ -109,38 +168,48 @@ def monitored_curve(probes: list[dict], tasks: list[str], proto: str, metric: st
     return curves
 
 
-def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults) -> list[str]:
-    """The markdown tables of a suite; the first is its headline table."""
-    if not res.tasks:
-        return ["No complete run yet."]
-    if suite == "adaptation":
-        return [_adaptation_section(res, proto) for proto in PROTOCOLS]
-    if suite == "topic":
-        return [_topic_section(res, sc.group, proto, metric) for proto in PROTOCOLS for metric in METRICS]
-    out = [f"### Final accuracy after {res.tasks[-1]}: {METRIC_NAMES[metric]}, {proto} protocol\n\n"
-           + final_table(res, proto, metric) for proto in PROTOCOLS for metric in METRICS]
-    if len(res.tasks) > 2:
-        for label, runs in res.metrics.items():
-            if runs:
-                out.append(f"<details><summary>Accuracy matrix: {label} (standard protocol)</summary>\n\n"
-                           + "\n\n".join(f"{METRIC_NAMES[m]}\n\n" + matrix_table(runs, res.tasks, "standard", m)
-                                         for m in METRICS) + "\n\n</details>")
+def topic_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
+    """Per entry, after each task (``after B1`` ...): the monitored group's accuracy over its facts
+    trained so far (:func:`monitored_curve`), over the seeds that probed it."""
+    out = {}
+    for label in res.metrics:
+        seeds = [s for view in res.probes[label] for s in res.probe_seeds[label][view]]
+        curves = [c for p in res.probes[label].values() for c in monitored_curve(p, res.tasks, proto, metric)]
+        out[label] = {f"after {t}": Cell.of(seeds, [c[i] for c in curves]) for i, t in enumerate(res.tasks)}
     return out
 
 
-def _adaptation_section(res: SuiteResults, proto: str) -> str:
-    values = {m: adaptation_values(res, proto, m) for m in METRICS}
-    cols = list(dict.fromkeys(c for v in values["top1"].values() for c in v))
-    rows = [[label, *(mean_std(values[m][label].get(c, [])) for m in METRICS for c in cols)] for label in res.metrics]
-    return (f"### After {res.tasks[-1]}, {proto} protocol\n\n"
+def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str = "scratch") -> list[str]:
+    """The markdown tables of a suite trained under ``protocol``; the first is its headline table."""
+    if not res.tasks:
+        return ["No complete run yet."]
+    if suite == "adaptation":
+        return [_adaptation_section(res, proto, protocol) for proto in PROTOCOLS]
+    if suite == "topic":
+        return [_topic_section(res, sc.group, proto, metric, protocol) for proto in PROTOCOLS for metric in METRICS]
+    out = [f"### Final accuracy after {res.tasks[-1]}: {METRIC_NAMES[metric]}, {proto} evaluation "
+           f"({protocol} protocol)\n\n" + final_table(res, proto, metric) for proto in PROTOCOLS for metric in METRICS]
+    if len(res.tasks) > 2:
+        for label, runs in res.metrics.items():
+            if runs:
+                out.append(f"<details><summary>Accuracy matrix: {label} (standard evaluation, {protocol} protocol)"
+                           "</summary>\n\n" + "\n\n".join(f"{METRIC_NAMES[m]}\n\n" + matrix_table(res, label, "standard", m)
+                                                       for m in METRICS) + "\n\n</details>")
+    return out
+
+
+def _adaptation_section(res: SuiteResults, proto: str, protocol: str) -> str:
+    cells = {m: adaptation_cells(res, proto, m) for m in METRICS}
+    cols = list(dict.fromkeys(c for v in cells["top1"].values() for c in v))
+    rows = [[label, *(cells[m][label][c].text() if c in cells[m][label] else "-" for m in METRICS for c in cols)]
+            for label in res.metrics]
+    return (f"### After {res.tasks[-1]}, {proto} evaluation ({protocol} protocol)\n\n"
             + md_table(["method", *(f"{c} {METRIC_NAMES[m]}" for m in METRICS for c in cols)], rows))
 
 
-def _topic_section(res: SuiteResults, group: str, proto: str, metric: str) -> str:
-    rows = []
-    for label in res.metrics:
-        curves = [c for p in res.probes[label].values() for c in monitored_curve(p, res.tasks, proto, metric)]
-        rows.append([label, *(mean_std([c[i] for c in curves]) for i in range(len(res.tasks)))])
-    return (f"### Group `{group}`: {METRIC_NAMES[metric]}, {proto} protocol\n\n"
+def _topic_section(res: SuiteResults, group: str, proto: str, metric: str, protocol: str) -> str:
+    cells = topic_cells(res, proto, metric)
+    rows = [[label, *(c.text() for c in row.values())] for label, row in cells.items()]
+    return (f"### Group `{group}`: {METRIC_NAMES[metric]}, {proto} evaluation ({protocol} protocol)\n\n"
             f"Accuracy on the test images of the group's facts trained so far, after each task.\n\n"
             + md_table(["method", *(f"after {t}" for t in res.tasks)], rows))
