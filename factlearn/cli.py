@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .cli_data import data, split, synth
-from .cli_options import SEED, FiniteFloat
+from .cli_options import DEVICE, SEED, FiniteFloat
 from .errors import UserError
 
 # the keys of factlearn.continual.METHODS, listed here so --help does not import torch
@@ -69,6 +69,26 @@ class Group(click.Group):
             ctx.exit(130)
 
 
+class FaissLoaderFilter(logging.Filter):
+    """faiss's loader tries its SIMD builds in turn and logs each miss at INFO (``Could not load
+    library with AVX2 support due to: ModuleNotFoundError(...)``), which reads like an error under
+    ``-v``: keep those out, and say once which library was loaded, with its compile options."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the loader's INFO records but the one naming the library loaded, which is rewritten."""
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if not message.startswith("Successfully loaded faiss"):
+            return False
+        found = [m for name, m in sys.modules.items() if name.startswith("faiss.swigfaiss") and m is not None]
+        options = found[-1].get_compile_options() if found and hasattr(found[-1], "get_compile_options") else "?"
+        kernel = message.removeprefix("Successfully loaded ").rstrip(".")  # "faiss", "faiss with AVX2 support"
+        # DD among the options: one library that picks its SIMD code (AVX2, AVX512...) at run time
+        record.msg, record.args = f"faiss kernel: {kernel} (compile options: {options})", ()
+        return True
+
+
 def _error(message: object) -> None:
     click.echo(f"Error: {message}" if _rank() == 0 else f"Error (rank {_rank()}): {message}", err=True)
 
@@ -81,12 +101,14 @@ def main(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     # Under torchrun the other ranks log errors only: rank 0 speaks for all of them.
     logging.basicConfig(level=level if _rank() == 0 else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").addFilter(FaissLoaderFilter())
 
 
-@main.command()
+@main.command(short_help="Train a task sequence, evaluating every task after each.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Data directory (with manifest).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config.")
-@click.option("--method", type=str, default=None, help=f"Continual-learning method: {', '.join(METHOD_NAMES)}.")
+@click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
+              show_default="method.name of --config, else finetune", help="Continual-learning method.")
 @click.option("--lam", type=FiniteFloat(min=0), default=None, help="Penalty strength lambda (overrides method.lam).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per task (overrides train.epochs).")
 @click.option("--tasks", type=click.IntRange(min=1), default=None, help="Number of tasks (overrides split.tasks).")
@@ -95,8 +117,13 @@ def main(verbose: bool) -> None:
               help="Task file naming each task's facts (from `factlearn split` or `data import sherlock`); "
                    "replaces --tasks and --split.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seeds the model's initial weights, the batch order and sampled subsets (the task split and "
+                   "the train/test draw have their own: split.seed).")
+@DEVICE
+@click.option("--log", "loggers", default=None, metavar="LIST",
+              help="What to log into RUN_DIR/logs, comma-separated: tensorboard, csv; or none. Overrides "
+                   "train.log (default: csv).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last complete checkpoint (after a task, or mid-task: "
                    "train.checkpoint_every); same data, config and seed. Ctrl-C saves one at the current step.")
@@ -107,21 +134,20 @@ def main(verbose: bool) -> None:
               help="Train with N processes on this machine (DDP: one per GPU, or CPU processes; train.batch_size is "
                    "the global batch). Runs torchrun's launcher; for several machines run torchrun yourself "
                    "(README, Scaling).")
-def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_file, out_dir, seed, device, resume,
-          importance_data, nproc) -> None:
+def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_file, out_dir, seed, device, loggers,
+          resume, importance_data, nproc) -> None:
     """Train a task sequence (B1 -> B2 -> ...) and evaluate every task after each one."""
     from .config import load_config
     from .continual import METHODS
     from .training import train as run_training
 
-    if method is not None and method not in METHODS:
-        raise UserError(f"--method {method!r} is not one of {', '.join(sorted(METHODS))}")
     if tasks_file is not None and (tasks is not None or split_kind is not None):
         raise UserError("--tasks-file gives the task sequence: leave out --tasks and --split")
     cfg = load_config(config_path, {"method.name": method, "method.lam": lam, "train.epochs": epochs,
                                     "split.tasks": tasks, "split.kind": split_kind,
                                     "split.tasks_file": None if tasks_file is None else str(tasks_file.resolve()),
-                                    "method.importance_data": None if importance_data is None else str(importance_data)})
+                                    "method.importance_data": None if importance_data is None else str(importance_data),
+                                    "train.log": _loggers(loggers)})
     if cfg.method.name not in METHODS:
         raise UserError(f"config method.name {cfg.method.name!r} is not one of {', '.join(sorted(METHODS))}")
     if nproc is not None and nproc > 1:
@@ -134,16 +160,19 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
     doc = run_training(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, resume=resume)
     if _rank() == 0:
         click.echo(f"run written to {out_dir}")
+        uses_lam = "lam" in METHODS[cfg.method.name].options
+        click.echo(f"method {cfg.method.name}" + (f", lambda {cfg.method.lam:g} (method.lam; take it from a sweep: "
+                                                  "scripts/sweep_lambda.py)" if uses_lam else " (no lambda)"))
         click.echo(format_final(doc["final"]))
 
 
-@main.command()
+@main.command(short_help="Pretrain the image tower on a base world.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Base world (data directory).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (overrides train.epochs).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the initial weights and the batch order.")
+@DEVICE
 @click.option("--overwrite", is_flag=True, help="Replace an earlier pretrained tower in --out.")
 def pretrain(data_dir, config_path, out_dir, epochs, seed, device, overwrite) -> None:
     """Pretrain the image tower on a base world's facts and write its backbone to OUT, which
@@ -155,6 +184,20 @@ def pretrain(data_dir, config_path, out_dir, epochs, seed, device, overwrite) ->
     done = run_pretrain(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, overwrite=overwrite)
     click.echo(f"pretrained image tower written to {out_dir}: {done['epochs_trained']} epochs, {done['seconds']} s, "
                f"top-1 {done['test_top1']:.3f} on the base world's test images")
+
+
+def _loggers(value: str | None) -> list[str] | None:
+    """``--log tensorboard,csv`` as train.log's list (``none``: []); None when not given."""
+    if value is None:
+        return None
+    from .config import LOGGERS
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    if not all(n in LOGGERS for n in names):
+        raise UserError(f"--log {value}: give a comma-separated list of {', '.join(LOGGERS)}, or none")
+    return names
 
 
 def _given_arguments(ctx: click.Context, leave_out: str) -> list[str]:
@@ -200,14 +243,14 @@ def _table_row(label: str, m: dict, cols: list[str]) -> str:
     return f"{label:<10}{m.get('n', ''):>6}{cells}"
 
 
-@main.command()
+@main.command(short_help="Evaluate a run's checkpoint on every task's test split.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--protocol", type=click.Choice(["standard", "generalized"]), default=None,
               help="Candidates: the task's facts (standard) or all facts seen (generalized). Default: the run's.")
 @click.option("--after", "after", default=None, help="Evaluate the checkpoint after this task (default: the last).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Data directory (default: the one the run was trained on).")
-@click.option("--device", default="auto", show_default=True)
+@DEVICE
 @click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
               help="Fact index for recognition; approximate kinds also report recall@10 against flat.")
 @click.option("--export", "export_dir", type=click.Path(path_type=Path), default=None,
@@ -235,12 +278,12 @@ def evaluate(run_dir, protocol, after, data_dir, device, index_kind, export_dir,
         click.echo(f"embeddings written to {export_dir}")
 
 
-@main.command()
+@main.command(short_help="Print the top-k facts of images, with their scores.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Facts per image.")
 @click.option("--all-facts", is_flag=True, help="Search every fact of the data, not only the tasks trained so far.")
-@click.option("--device", default="auto", show_default=True)
+@DEVICE
 @click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
               help="Fact index: exact (flat) or approximate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -258,31 +301,72 @@ def query(run_dir, images, top_k, all_facts, device, index_kind, as_json) -> Non
             click.echo(f"  {rank:>2}. {hit['fact']:<40} {hit['score']:.3f}")
 
 
-@main.command()
+@main.command(short_help="Serve a run's model over HTTP, following its training.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; one other machines can reach needs --token-file.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--top-k", type=click.IntRange(min=1, max=100), default=5, show_default=True,
+              help="Facts per image when a request does not say.")
+@DEVICE
+@click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
+              help="Fact index: exact (flat, as query) or approximate.")
+@click.option("--all-facts", is_flag=True, help="Search every fact of the run, not only the tasks trained so far.")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding a token every API request must send as 'Authorization: Bearer TOKEN'.")
+@click.option("--batch-wait-ms", type=FiniteFloat(min=0, max=1000), default=5.0, show_default=True,
+              help="How long a query waits for concurrent ones to share its forward pass.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most images in one forward pass (1: no micro-batching).")
+@click.option("--poll", type=FiniteFloat(min=0.05), default=2.0, show_default=True,
+              help="Seconds between looks at RUN_DIR for a newly completed task's checkpoint.")
+@click.option("--max-upload-mb", type=FiniteFloat(min=0.01), default=20.0, show_default=True,
+              help="Largest request body.")
+def serve(run_dir, host, port, top_k, device, index_kind, all_facts, token_file, batch_wait_ms, max_batch, poll,
+          max_upload_mb) -> None:
+    """Serve RUN_DIR's model as an HTTP JSON API and a page at / (docs/serve.md), switching to each
+    newly completed task's checkpoint while training goes on. Needs the serve extra."""
+    from .serve import ServeSettings, read_token, serve_run
+
+    settings = ServeSettings(top_k=top_k, device=device, index_kind=index_kind, all_facts=all_facts,
+                             token=None if token_file is None else read_token(token_file),
+                             batch_wait_ms=batch_wait_ms, max_batch=max_batch, poll_s=poll,
+                             max_upload_bytes=int(max_upload_mb * 2**20))
+    serve_run(run_dir, host, port, settings, announce=click.echo)
+
+
+@main.command(short_help="Compare runs side by side: accuracy per task, average, BWT.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--metric", type=click.Choice(["top1", "top5", "top10", "mrr"]), multiple=True,
-              default=("top1", "top5"), show_default=True)
-@click.option("--protocol", type=click.Choice(["standard", "generalized"]), default=None)
+              default=("top1", "top5"), show_default=True, help="Metric to show (repeatable).")
+@click.option("--protocol", type=click.Choice(["standard", "generalized"]), multiple=True,
+              show_default="both, where every run has them",
+              help="Candidates: each task's own facts (standard) or every fact seen so far (generalized; tells "
+                   "methods apart where standard top-5 is near 1). Repeatable.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
-              help="Also write PNG plots (accuracy matrix per run, accuracy per task across the sequence).")
+              help="Also write PNG plots into PLOTS/<protocol>/: accuracy matrix per run, accuracy per task across "
+                   "the sequence, old vs new task per run.")
 def compare(run_dirs, metric, protocol, plots_dir) -> None:
-    """Compare runs side by side: final accuracy per task, average accuracy and BWT (from metrics.json)."""
-    from .compare import compare_plots, compare_table
+    """Compare runs side by side: final accuracy per task, average accuracy and BWT (from metrics.json),
+    one table per protocol."""
+    from .compare import compare_plots, compare_table, shared_protocols
 
     paths = [str(p) for p in run_dirs]
-    click.echo(compare_table(paths, list(metric), protocol))
-    if plots_dir is not None:
-        for png in compare_plots(paths, plots_dir, list(metric), protocol):
-            click.echo(f"wrote {png}")
+    for k, proto in enumerate(protocol or shared_protocols(paths)):
+        click.echo(("\n" if k else "") + f"{proto} protocol:")
+        click.echo(compare_table(paths, list(metric), proto))
+        if plots_dir is not None:
+            for png in compare_plots(paths, Path(plots_dir) / proto, list(metric), proto):
+                click.echo(f"wrote {png}")
 
 
-@main.command()
+@main.command(short_help="Add importance from unlabeled images, or summarise it.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Unlabeled images (a folder, or a data directory / manifest whose facts are ignored) to add "
                    "image-tower importance from (mas, lmas).")
 @click.option("--summary", is_flag=True, help="Print the importance per parameter: numel, mean, max.")
-@click.option("--device", default="auto", show_default=True)
+@DEVICE
 def importance(run_dir, images, summary, device) -> None:
     """Add importance from new unlabeled images to a run's latest checkpoint, without training (--images),
     or print its importance per parameter (--summary)."""

@@ -12,7 +12,7 @@ from .cli_options import SEED
 from .errors import UserError
 
 
-@click.command()
+@click.command(short_help="Render the built-in world of fact images.")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--preset", type=click.Choice(["small", "6ds", "base"]), default="small", show_default=True,
               help="World preset: small (demo), 6ds (reference scale), base (a world to pretrain on; see --exclude).")
@@ -28,12 +28,11 @@ from .errors import UserError
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 def synth(out_dir: Path, preset: str, seed, facts, images_per_fact, size, style, topic, exclude, workers) -> None:
     """Render the built-in world of fact images into OUT_DIR (same seed, same bytes; see data/README.md)."""
-    from tqdm import tqdm
-
     from .data.synth import generate_world
+    from .progress import progress_bar
 
     # delay: a bar that never showed progress prints nothing, so an error stays one line
-    with tqdm(desc="render", unit="img", delay=0.1) as bar:
+    with progress_bar(desc="render", unit="img", delay=0.1) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done
@@ -45,12 +44,12 @@ def synth(out_dir: Path, preset: str, seed, facts, images_per_fact, size, style,
     click.echo(f"wrote {out_dir}: {json.dumps(summary)}")
 
 
-@click.group()
+@click.group(short_help="Import fact data sets (manifest, Sherlock, Visual Genome).")
 def data() -> None:
     """Bring fact data sets into factlearn's manifest format (see data/README.md)."""
 
 
-@data.group(name="import")
+@data.group(name="import", short_help="Import a data set into a new data directory.")
 def import_() -> None:
     """Import a data set into a new data directory: manifest.jsonl, images/, import.json.
 
@@ -65,7 +64,7 @@ WORKERS = click.option("--workers", type=click.IntRange(min=1), default=None, he
 LINK = click.option("--link", is_flag=True, help="Hard-link images instead of copying them (same file system).")
 
 
-@import_.command(name="manifest")
+@import_.command(name="manifest", short_help="A generic manifest (JSONL or CSV) and its images.")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @SKIP_BAD
@@ -79,7 +78,7 @@ def import_manifest_cmd(src, out_dir, skip_bad, link, workers) -> None:
     _echo_import(import_manifest(src, out_dir, skip_bad=skip_bad, link=link, workers=workers))
 
 
-@import_.command(name="sherlock")
+@import_.command(name="sherlock", short_help="The Sherlock / lifelong fact learning CSVs and splits.")
 @click.argument("src", metavar="CSV_OR_SPLITS_DIR", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--images-root", type=click.Path(path_type=Path), default=None,
@@ -100,7 +99,7 @@ def import_sherlock_cmd(src, out_dir, images_root, skip_bad, link, workers) -> N
                                  workers=workers))
 
 
-@import_.command(name="vg")
+@import_.command(name="vg", short_help="Visual Genome: one crop per fact occurrence.")
 @click.argument("vg_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--min-count", type=click.IntRange(min=1), default=10, show_default=True,
@@ -125,8 +124,15 @@ def import_vg_cmd(vg_dir, out_dir, min_count, synonyms, min_box, max_per_fact, s
 
 def _echo_import(report) -> None:
     click.echo(f"wrote {report.out_dir}: {report.images} images of {report.facts} facts")
+    for order, n in report.notes.get("by_order", {}).items():
+        split = f" ({n['train']} train, {n['test']} test)" if n["train"] or n["test"] else ""
+        click.echo(f"  {order:<8} {n['facts']:>6} facts {n['images']:>8} images{split}")
+    by_task = report.notes.get("by_task", {})
     for name in report.notes.get("tasks_files", []):
         click.echo(f"  task file {report.out_dir / name}")
+        tasks = by_task.get(Path(name).stem, {})
+        if tasks:
+            click.echo("    " + ", ".join(f"{task} {n['facts']} facts {n['images']} images" for task, n in tasks.items()))
     if report.skipped:
         click.echo(f"skipped {sum(report.skipped.values())} bad rows:")
         for reason, n in report.skipped.items():
@@ -136,7 +142,7 @@ def _echo_import(report) -> None:
             click.echo(f"  {line}")
 
 
-@click.command()
+@click.command(short_help="Cut a data set's facts into a task file.")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["random", "semantic"]), default="random", show_default=True)
 @click.option("--tasks", type=click.IntRange(min=1), default=2, show_default=True, help="Number of tasks.")

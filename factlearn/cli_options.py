@@ -19,3 +19,8 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+# --device of every command that runs the model (read by factlearn.device.resolve_device)
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="auto (the GPU when there is one, else cpu), cpu, cuda or cuda:N.")

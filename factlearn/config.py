@@ -87,6 +87,9 @@ class LossConfig:
     temperature: float = 0.1
 
 
+LOGGERS = ("tensorboard", "csv")  # the values of train.log
+
+
 @dataclass
 class TrainConfig:
     """Optimisation of each task: epochs, batch, optimizer, learning rate and its schedule, checkpoints."""
@@ -114,6 +117,16 @@ class TrainConfig:
     # collectives fewer per batch-norm layer and step, faster where a collective is slow, e.g. CPU
     # processes with gloo; the usual DDP default). See factlearn/distributed.py.
     sync_batch_norm: bool = True
+    # What training logs into RUN_DIR/logs besides metrics.json, any of: csv (scalars.csv: step,
+    # tag, value) | tensorboard (event files; needs the tensorboard package). Per step the task loss,
+    # the penalty and the learning rate; after every task the accuracy-matrix row of every metric
+    # and protocol, forgetting and BWT; after every importance computation a histogram of Omega per
+    # parameter (tensorboard) and its total per tower. [] = none. See factlearn/training/logs.py.
+    log: list[str] = field(default_factory=lambda: ["csv"])
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.log, list) or not all(isinstance(k, str) and k in LOGGERS for k in self.log):
+            raise UserError(f"config train.log: {self.log!r} is not a list of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -140,7 +153,10 @@ class MethodConfig:
     """
 
     name: str = "finetune"
-    lam: float = 1.0  # penalty strength lambda (lwf: weight of the distillation term)
+    # Penalty strength lambda (lwf: weight of the distillation term). 1.0 is a placeholder, not a
+    # recommendation: the right value depends on the method, model and data, so take it from a sweep
+    # on a validation split (scripts/sweep_lambda.py, docs/experiments.md "The λ trade-off").
+    lam: float = 1.0
     accumulate: str = "sum"  # importance across tasks (mas, lmas, ewc, si): sum (MAS authors) | blend
     alpha: float = 0.5  # blend factor: alpha * old + (1 - alpha) * new
     importance: str = "exact"  # MAS: exact per-sample |grad| | batch (|grad of batch sum|, faster, smaller)
@@ -208,8 +224,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        """Plain nested dicts, as written to config.yaml."""
-        return dataclasses.asdict(self)
+        """Plain nested dicts, as written to config.yaml. With ``split.tasks_file`` the task file
+        gives the tasks: ``split.kind`` and ``split.tasks`` are not used and are left out (reading
+        it back fills in their defaults, which are left out again), so a run records what it trained."""
+        out = dataclasses.asdict(self)
+        if self.split.tasks_file is not None:
+            del out["split"]["kind"], out["split"]["tasks"]
+        return out
 
 
 # Allowed values of numeric keys (checked after the types; None passes where it is allowed).

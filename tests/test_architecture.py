@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "factlearn"
 
 # Bottom to top, as docs/architecture.md lists them; a module belongs to its longest matching prefix.
 LAYERS = [
-    ("core", ["errors", "io", "config", "facts", "device", "distributed"]),
+    ("core", ["errors", "io", "config", "facts", "device", "distributed", "progress"]),
     ("data", ["data"]),
     ("model", ["model"]),
     ("objectives and retrieval", ["losses", "retrieval"]),
@@ -20,7 +20,7 @@ LAYERS = [
     ("run directory", ["run", "results"]),
     ("evaluation", ["evaluate"]),
     ("training", ["training"]),
-    ("applications", ["query", "compare", "importance"]),
+    ("applications", ["query", "compare", "importance", "serve"]),
     ("experiments", ["experiments"]),
     ("interface", ["cli", "cli_data", "cli_options", "__main__", "__init__"]),
 ]

@@ -40,7 +40,7 @@ def test_train_writes_the_metrics_contract(runs):
             assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
             assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
             assert doc["final"]["B2"][m] == matrix[1][1]
-        assert (run / "config.yaml").is_file() and (run / "split.json").is_file()
+        assert (run / "config.yaml").is_file() and (run / "split.json").is_file() and (run / "tokenizer.json").is_file()
         assert (run / "checkpoints" / "B1" / "model.safetensors").is_file()
         assert (run / "checkpoints" / "B2" / "method.safetensors").is_file()
         split = json.loads((run / "split.json").read_text())
@@ -124,3 +124,72 @@ def test_corrupt_checkpoint_is_named(runs, tmp_path):
     (run / "checkpoints" / "B2" / "model.safetensors").write_bytes(b"garbage")
     r = CliRunner().invoke(main, ["evaluate", str(run)])
     assert r.exit_code == 2 and "model.safetensors" in r.output and "corrupt" in r.output
+
+
+# ---- what a user sees: help, defaults, lambda, task files, imports, faiss's loader (issue 20) ----
+
+def test_help_fits_and_shows_the_defaults():
+    listing = invoke("--help").output
+    for command in ("compare", "data", "evaluate", "importance", "pretrain", "query", "split", "synth", "train"):
+        [line] = [x for x in listing.splitlines() if x.strip().startswith(command + " ")]
+        assert not line.rstrip().endswith("..."), line
+    train = invoke("train", "--help").output
+    assert "[finetune|mas|" in train and "else finetune" in train  # --method: a choice, its default shown
+    assert "cuda:N" in train and "split.seed" in train and "tensorboard, csv" in train
+    compare = invoke("compare", "--help").output
+    assert "generalized" in compare and "both" in compare
+
+
+def test_train_says_which_lambda_and_logs_as_asked(runs, tmp_path, tiny_config):
+    world, out = runs
+    r = invoke("train", "--data", world, "--config", tiny_config, "--method", "mas", "--lam", 0.25, "--out",
+               tmp_path / "r", "--device", "cpu", "--log", "tensorboard,csv")
+    assert r.exit_code == 0, r.output
+    assert "method mas, lambda 0.25 (method.lam" in r.output
+    assert {p.name.split(".")[0] for p in (tmp_path / "r" / "logs").iterdir()} == {"scalars", "events"}
+    assert "(no lambda)" in invoke("train", "--data", world, "--config", tiny_config, "--out", tmp_path / "f",
+                                   "--device", "cpu", "--log", "none").output
+    assert not (tmp_path / "f" / "logs").exists()
+    bad = CliRunner().invoke(main, ["train", "--data", str(world), "--out", str(tmp_path / "b"), "--log", "tb"])
+    assert bad.exit_code == 2 and "--log tb" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_task_file_run_records_the_file_and_resumes(tmp_path, tiny_config):
+    import hashlib
+
+    import yaml
+    from test_importers import sherlock_tree
+
+    r = invoke("data", "import", "sherlock", sherlock_tree(tmp_path / "mid_scale"), tmp_path / "data")
+    assert r.exit_code == 0, r.output
+    assert "<S,P,O>" in r.output and "B1 2 facts 6 images" in r.output  # counts per fact order and per task
+    summary = json.loads((tmp_path / "data" / "import.json").read_text())
+    assert sum(n["images"] for n in summary["by_order"].values()) == 12
+    assert summary["by_task"]["4tasks_semantic"]["B1"] == {"facts": 2, "images": 6}
+    tasks_file = tmp_path / "data" / "tasks" / "4tasks_semantic.json"
+    args = ["train", "--data", tmp_path / "data", "--config", tiny_config, "--tasks-file", tasks_file,
+            "--out", tmp_path / "run", "--device", "cpu"]
+    assert invoke(*args).exit_code == 0
+    split = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["split"]
+    assert split["tasks_file"] == str(tasks_file.resolve()) and "kind" not in split and "tasks" not in split
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["tasks_file"]
+    assert record == {"path": str(tasks_file.resolve()), "sha256": hashlib.sha256(tasks_file.read_bytes()).hexdigest()}
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["tasks_file"] == record
+    again = invoke(*args, "--resume")  # the config compares equal to the one recorded
+    assert again.exit_code == 0, again.output
+
+
+def test_faiss_loader_noise_is_kept_out_and_the_kernel_said_once():
+    import logging
+
+    from factlearn.cli import FaissLoaderFilter
+
+    def record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("faiss.loader", level, __file__, 1, message, None, None)
+
+    keep = FaissLoaderFilter()
+    assert not keep.filter(record("Loading faiss with AVX2 support."))
+    assert not keep.filter(record("Could not load library with AVX2 support due to:\nModuleNotFoundError(...)"))
+    said = record("Successfully loaded faiss with AVX2 support.")
+    assert keep.filter(said) and said.getMessage().startswith("faiss kernel: faiss with AVX2 support (compile options")
+    assert keep.filter(record("something is wrong", logging.WARNING))

@@ -247,19 +247,52 @@ def test_compare_table_and_plots(trained_runs, tmp_path):
 
     result = CliRunner().invoke(main, ["compare", *paths, "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
+    # both protocols by default, one table each, standard first
+    assert result.output.index("standard protocol:") < result.output.index("generalized protocol:")
     expected = ["finetune_top1_matrix.png", "finetune_top5_matrix.png", "mas_top1_matrix.png",
-                "mas_top5_matrix.png", "sequence_top1.png", "sequence_top5.png"]
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == expected  # no temp files
-    for name in expected:
-        data = (tmp_path / "plots" / name).read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+                "mas_top5_matrix.png", "sequence_top1.png", "sequence_top5.png", "tradeoff_top1.png",
+                "tradeoff_top5.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["generalized", "standard"]
+    for proto in ("standard", "generalized"):
+        assert sorted(p.name for p in (tmp_path / "plots" / proto).iterdir()) == expected  # no temp files
+        for name in expected:
+            data = (tmp_path / "plots" / proto / name).read_bytes()
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+    one = CliRunner().invoke(main, ["compare", *paths, "--protocol", "generalized"])
+    assert one.exit_code == 0 and "standard protocol" not in one.output and "generalized protocol" in one.output
+
+
+def test_matrix_heatmap_greys_out_tasks_not_trained_yet(trained_runs):
+    from factlearn.compare import _load_runs, _matrix_figure
+
+    [run] = _load_runs([str(trained_runs[0])], "standard")
+    ax = _matrix_figure(run, "top1").axes[0]
+    cells = {(round(x.get_position()[1]), round(x.get_position()[0])): x.get_text() for x in ax.texts}
+    matrix = run.matrix("top1")
+    assert cells[(0, 1)] == "not\ntrained"  # B2 after B1: no number that looks like a result
+    assert cells[(0, 0)] == f"{matrix[0][0]:.2f}" and cells[(1, 1)] == f"{matrix[1][1]:.2f}"
+    shown = ax.images[0].get_array()
+    assert shown.mask[0, 1] and not shown.mask[1, 0] and not shown.mask[0, 0]
+
+
+def test_tradeoff_scatter_is_old_mean_against_newest_task(trained_runs):
+    from factlearn.compare import _load_runs, _tradeoff_figure
+
+    runs = _load_runs([str(p) for p in trained_runs], "standard")
+    ax = _tradeoff_figure(runs, "top1").axes[0]
+    points = [line.get_xydata()[0].tolist() for line in ax.lines]
+    assert len(points) == len(runs)  # one point per run
+    for run, (x, y) in zip(runs, points):
+        last = run.matrix("top1")[-1]
+        assert (x, y) == (last[1], last[0])  # x: B2 after B2 (new), y: mean of B1 after B2 (old)
 
 
 def test_compare_plots_disambiguates_same_names(trained_runs, tmp_path):
     twin = tmp_path / "other" / trained_runs[0].name
     shutil.copytree(trained_runs[0], twin)
     written = compare_plots([str(trained_runs[0]), str(twin)], tmp_path / "plots", ["mrr"])
-    assert [p.name for p in written] == ["1_finetune_mrr_matrix.png", "2_finetune_mrr_matrix.png", "sequence_mrr.png"]
+    assert [p.name for p in written] == ["1_finetune_mrr_matrix.png", "2_finetune_mrr_matrix.png", "sequence_mrr.png",
+                                         "tradeoff_mrr.png"]
 
 
 def test_evaluate_under_a_test_condition_shift(trained_runs, tmp_path):

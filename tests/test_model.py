@@ -54,3 +54,58 @@ def test_normalize_slots_masks():
     emb = torch.randn(2, 3, 4)
     out = normalize_slots(emb, torch.tensor([[1.0, 0, 0], [1, 1, 1]]))
     assert out.shape == (2, 12) and torch.all(out[0, 4:] == 0)
+
+
+# ---- the tokenizer: one rule for punctuation, case and unknown words (factlearn.model.vocab) ----
+
+def _encode_before_the_tokenizer(vocab: Vocabulary, facts: list[Fact]) -> torch.Tensor:
+    """Token ids as factlearn computed them before the tokenizer: a split on white space by hand."""
+    length = max([len(v.split()) for f in facts for v in f.slots if v] + [1])
+    tokens = torch.zeros((len(facts), 3, length), dtype=torch.long)
+    for i, fact in enumerate(facts):
+        for s, phrase in enumerate(fact.slots):
+            if phrase is not None:
+                ids = [vocab.index.get(w, 1) for w in phrase.split()]
+                tokens[i, s, : len(ids)] = torch.tensor(ids)
+    return tokens
+
+
+def test_built_in_world_facts_keep_their_words_and_ids():
+    from factlearn.data.synth.vocabulary import max_facts, sample_facts
+    from factlearn.facts import FactTable
+
+    facts = [fact for fact, _ in sample_facts(max_facts(), 0)]  # every fact a built-in world can have
+    table = FactTable.from_facts(facts)
+    vocab = Vocabulary.from_facts(table.facts)
+    assert vocab.words[2:] == table.words() and not vocab.legacy  # vocab.json as before
+    tokens, mask = vocab.encode(table.facts)
+    assert torch.equal(tokens, _encode_before_the_tokenizer(vocab, table.facts))
+    assert torch.equal(mask, torch.tensor([f.mask for f in table.facts]))
+
+
+def test_punctuation_case_and_unknown_words_follow_one_rule():
+    vocab = Vocabulary.from_facts([Fact("dog's bowl"), Fact("t-shirt", "left of", "star")])
+    assert vocab.words[2:] == ["'", "-", "bowl", "dog", "left", "of", "s", "shirt", "star", "t"]
+    ids = vocab.index
+    tokens, _ = vocab.encode([Fact("Dog's  BOWL"), Fact("cat", "left of")])
+    assert tokens[0, 0].tolist() == [ids["dog"], ids["'"], ids["s"], ids["bowl"]]
+    assert tokens[1, 0].tolist() == [1, 0, 0, 0] and tokens[1, 1, :2].tolist() == [ids["left"], ids["of"]]
+    assert vocab.unknown_words([Fact("cat x", "left of", "zebra-fish")]) == ["cat", "fish", "x", "zebra"]
+
+
+def test_a_vocabulary_from_before_the_tokenizer_keeps_its_words():
+    old = Vocabulary(["dog's", "bowl"])  # a vocab.json written by the whitespace split
+    assert old.legacy
+    assert old.encode([Fact("dog's bowl")])[0][0, 0].tolist() == [2, 3]
+    assert old.unknown_words([Fact("dog bowl")]) == ["dog"]
+
+
+def test_the_tokenizer_is_saved_and_reads_back(tmp_path):
+    from tokenizers import Tokenizer
+
+    vocab = Vocabulary.from_facts([Fact("dog's bowl"), Fact("star", "dark blue")])
+    vocab.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    phrases = ["dog's bowl", "Dark blue star", "purple"]
+    assert [e.ids for e in loaded.encode_batch(phrases, add_special_tokens=False)] == \
+        [e.ids for e in vocab.tokenizer.encode_batch(phrases, add_special_tokens=False)]

@@ -21,7 +21,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,16 +44,29 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """Decode one image to a (size, size, 3) uint8 array, or raise UserError naming the file."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return pil_to_array(img, size, f"image {path}")
-    except UserError:
-        raise
+        return decode_image(path, size, f"image {path}")
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
+
+
+def decode_image(source: str | Path | BinaryIO, size: int, where: str) -> np.ndarray:
+    """Decode an image file or binary stream (an upload) to a (size, size, 3) uint8 array.
+
+    The pixel cap is checked on the header, before any pixel is decoded (decompression bombs);
+    an unreadable image is a UserError naming ``where``. A missing file raises FileNotFoundError
+    for the caller to name.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:  # reads the header only
+                return pil_to_array(img, size, where)
+    except (UserError, FileNotFoundError):
+        raise
+    except Image.UnidentifiedImageError:
+        raise UserError(f"cannot read {where}: not an image (no format PIL reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        raise UserError(f"cannot read {where}: {exc}") from None
 
 
 def pil_to_array(img: Image.Image, size: int, where: str = "image") -> np.ndarray:

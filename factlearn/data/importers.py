@@ -138,18 +138,46 @@ def place_image(src: Path, dest: Path, link: bool) -> None:
     shutil.copyfile(src, dest)
 
 
-def finish(tmp: Path, rows: list[ManifestRow], problems: Problems, out_dir: Path,
-           notes: dict) -> tuple[Dataset, ImportReport]:
+def finish(tmp: Path, rows: list[ManifestRow], problems: Problems, out_dir: Path, notes: dict,
+           tasks: dict[str, dict[str, set[Fact]]] | None = None) -> tuple[Dataset, ImportReport]:
     """Write manifest.jsonl and import.json into the staging dir and read the manifest back (the
-    manifest reader is the judge of the result). Returns the Dataset and the ImportReport."""
+    manifest reader is the judge of the result). ``tasks``: the task files' tasks (layout -> task
+    -> facts), counted in import.json. Returns the Dataset and the ImportReport."""
     if not rows:
         skipped = f" ({_skipped_text(problems)})" if problems.counts else ""
         raise UserError(f"nothing to import: no usable rows{skipped}")
     write_manifest(tmp, rows)
     dataset = load_dataset(tmp)
+    notes = {**notes, **import_counts(dataset, tasks)}
     report = problems.report(Path(out_dir), len(dataset.records), len(dataset.facts), notes)
     atomic_write_json(tmp / "import.json", report.to_json())
     return dataset, report
+
+
+ORDER_NAMES = {1: "<S>", 2: "<S,P>", 3: "<S,P,O>"}
+
+
+def import_counts(dataset: Dataset, tasks: dict[str, dict[str, set[Fact]]] | None = None) -> dict:
+    """What an import holds, for import.json and the command's summary.
+
+    Returns:
+        ``{"by_order": {"<S>" | "<S,P>" | "<S,P,O>": {"facts", "images", "train", "test"}}}`` (train
+        and test: images the manifest puts in that split; the rest have none), and with ``tasks``
+        (layout -> task -> facts) ``"by_task": {layout: {task: {"facts", "images"}}}``.
+    """
+    by_order: dict[str, dict[str, int]] = {}
+    for order, name in ORDER_NAMES.items():
+        records = [r for r in dataset.records if r.fact.order == order]
+        if records:
+            by_order[name] = {"facts": len({r.fact for r in records}), "images": len(records),
+                              "train": sum(r.split == "train" for r in records),
+                              "test": sum(r.split == "test" for r in records)}
+    out: dict = {"by_order": by_order}
+    if tasks:
+        images = Counter(r.fact for r in dataset.records)
+        out["by_task"] = {layout: {task: {"facts": len(facts), "images": sum(images[f] for f in facts)}
+                                   for task, facts in per_task.items()} for layout, per_task in sorted(tasks.items())}
+    return out
 
 
 def _skipped_text(problems: Problems) -> str:

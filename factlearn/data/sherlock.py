@@ -154,7 +154,7 @@ def import_sherlock(src: str | Path, out_dir: str | Path, images_root: str | Pat
         dataset, report = finish(tmp, rows, problems, Path(out_dir),
                                  {"importer": "sherlock", "source": str(src), "images_root": str(roots[0]),
                                   "data_files": [str(s.csv) for s in sources if s.top_level],
-                                  "tasks_files": tasks_files})
+                                  "tasks_files": tasks_files}, task_facts)
         for name in sorted(layouts):
             tasks = []
             for task in _task_names(sources, name):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 from contextlib import ExitStack
 from pathlib import Path
@@ -39,13 +40,15 @@ from ..device import resolve_device
 from ..distributed import join_group, leave_group
 from ..errors import Interrupted, UserError
 from ..model import resolve_pretrained
+from ..progress import phase
 from ..results import FILE as METRICS_FILE
 from ..results import PROTOCOLS, metrics_document
 from ..run import RunDir
+from .logs import LOG_DIR, RunLog, check_loggers, steps_before
 from .schedule import Plateau
 from .session import Session
 from .signals import StopRequest
-from .state import check_out_dir, check_resume, discard_start, restore, trainer_state
+from .state import TOKENIZER, check_out_dir, check_resume, discard_start, restore, trainer_state
 from .step import Diverged, check_finite
 from .task import train_task
 
@@ -82,6 +85,7 @@ def train(
     ctx, dev, owned = join_group(resolve_device(device))
     try:
         cfg = ctx.agree(lambda: dataclasses.replace(cfg, model=resolve_pretrained(cfg.model)))
+        ctx.agree(lambda: check_loggers(cfg.train.log))
         run = RunDir(out_dir)
         fresh = ctx.agree(lambda: check_out_dir(run, resume))
         created = not run.path.exists()
@@ -120,7 +124,8 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: di
             groups = dataset.groups()
             run.write_json("facts.json", [{"fact": list(f.slots), "group": groups.get(f)} for f in dataset.facts.facts])
             run.write_json("vocab.json", s.vocab.words[2:])
-            save_split(run.file("split.json"), s.tasks, {"kind": cfg.split.kind, "seed": cfg.split.seed})
+            s.vocab.save(run.file(TOKENIZER))
+            save_split(run.file("split.json"), s.tasks, _split_info(cfg))
             run.write_data_fingerprint(fingerprint)
             _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world, epochs, {})  # last: from now on a run
     else:
@@ -131,12 +136,25 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: di
             if partial is None:
                 run.clear_partials()  # none, or one of a task completed since: nothing to continue
     last_good = run.checkpoint(s.tasks[start - 1].name) if start else None  # named when training diverges
+    log = RunLog(run.file(LOG_DIR), cfg.train.log if ctx.is_main else (), resume=not fresh)  # train.log
+    try:
+        return _train_tasks(run, s, cfg, start, partial, rows, epochs, last_good, log, data_dir, seed, dev)
+    finally:
+        log.close()
+
+
+def _train_tasks(run: RunDir, s: Session, cfg: Config, start: int, partial, rows: dict, epochs: dict[str, int],
+                 last_good: Path | None, log: RunLog, data_dir, seed: int, dev: torch.device) -> dict:
+    """Train tasks ``start``.. (the first from ``partial``, a mid-task checkpoint, if any), writing a
+    checkpoint, metrics.json and the logs after each."""
+    ctx = s.dist
 
     def save_partial(t: int, epoch: int, batch: int, done: int, opt: torch.optim.Optimizer,
                      plateau: Plateau | None) -> Path | None:
         nonlocal last_good
         check_finite(s.model, s.method, f"task {s.tasks[t].name} (step {done})")  # the same parameters on every rank
         if ctx.is_main:
+            log.flush()  # the logs hold every step the checkpoint covers
             tensors, scalars = trainer_state(dev, opt)
             state = {"kind": "partial", "task": t, "name": s.tasks[t].name, "epoch": epoch, "batch": batch,
                      "step": done, "rows": rows, "epochs": epochs, "optimizer": scalars}
@@ -149,22 +167,25 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: di
     with StopRequest() as stop:
         for t in range(start, len(s.tasks)):
             name = s.tasks[t].name
+            offset = steps_before(s, t, epochs)  # the global step where task t starts (the logs' x axis)
             try:
                 epochs[name] = train_task(s, t, partial if t == start else None, functools.partial(save_partial, t),
-                                          stop)
+                                          stop, functools.partial(log.step, offset))
                 check_finite(s.model, s.method, f"the end of task {name}")
             except Diverged as exc:
                 kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
                 raise ctx.error(f"{exc} Stopped; {kept}.") from None
             if ctx.is_main:
-                for proto, result in s.evaluate(t + 1, PROTOCOLS).items():
-                    rows[proto].append(result)
+                with phase(f"evaluate after {name} ({', '.join(PROTOCOLS)} protocols)", s.progress):
+                    for proto, result in s.evaluate(t + 1, PROTOCOLS).items():
+                        rows[proto].append(result)
                 tensors, _ = trainer_state(dev)
                 last_good = run.save_checkpoint(name, s.model, s.method, {"kind": "task", "task": t, "name": name,
                                                                           "rows": rows, "epochs": epochs,
                                                                           "validation": s.validation}, tensors)
                 run.clear_partials()
                 doc = _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, t + 1)
+                log.task_end(steps_before(s, t + 1, epochs), doc, t + 1, s.method.state)
                 final = doc["final"]
                 logger.info("after %s: %s", name, ", ".join(f"{n} top1={final[n]['top1']:.3f}" for n in final))
             else:
@@ -198,4 +219,18 @@ def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.de
         "completed": done,
         "epochs": {name: epochs[name] for name in done if name in epochs},  # per task; < train.epochs at a plateau
         "validation": {name: validation[name] for name in done if name in validation},  # top-1 per epoch
+        **({"tasks_file": _split_info(cfg)["tasks_file"]} if cfg.split.tasks_file is not None else {}),
     })
+
+
+def _split_info(cfg: Config) -> dict:
+    """How the task sequence was made, for split.json and run.json: the split's kind and seed, or
+    the task file's path and the SHA-256 of its content (what the run trained on)."""
+    if cfg.split.tasks_file is None:
+        return {"kind": cfg.split.kind, "seed": cfg.split.seed}
+    return {"tasks_file": {"path": cfg.split.tasks_file, "sha256": _sha256(cfg.split.tasks_file)}}
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str) -> str:  # read once: run.json is rewritten after every task
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

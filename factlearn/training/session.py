@@ -12,7 +12,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..continual import Method, TaskData, create_method
@@ -26,6 +25,7 @@ from ..evaluate import evaluate_tasks
 from ..facts import matches
 from ..losses import check_loss, fact_loss
 from ..model import FactModel, Vocabulary, create_model
+from ..progress import progress_bar
 from .provenance import check_pretraining
 
 
@@ -69,9 +69,9 @@ class Session:
                         f"task {task.name} has no {what} images after the split ({len(task.facts)} facts; "
                         "see the manifest's split column and split.test_fraction)"
                     )
-        self.vocab = Vocabulary(dataset.facts.words())
+        self.vocab = Vocabulary.from_facts(dataset.facts.facts)  # the words of factlearn.model.vocab's rule
         self.tokens, self.slot_mask = self.vocab.encode(dataset.facts.facts)  # (F, 3, L), (F, 3)
-        with tqdm(total=len(dataset.records), desc="decode images", unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(len(dataset.records), "decode images", "img", disable=not progress, leave=False) as bar:
             self.images = load_images([r.image for r in dataset.records], cfg.model.image_size, progress=bar.update)
         torch.manual_seed(seed)
         self.model: FactModel = create_model(cfg.model, self.vocab).to(device)

@@ -29,9 +29,12 @@ from ..io import read_json
 from ..results import METRICS, PROTOCOLS
 from ..results import FILE as METRICS_FILE
 from ..run import RUN_FILES, STATE, RunDir, load_weights, read_tensors
+from .logs import LOG_DIR
 from .session import Session
 
 logger = logging.getLogger(__name__)
+
+TOKENIZER = "tokenizer.json"  # the language tower's tokenizer, for other tools (factlearn.model.vocab)
 
 
 @dataclass
@@ -109,7 +112,7 @@ def check_out_dir(run: RunDir, resume: bool) -> bool:
     if not os.access(run.path, os.W_OK | os.X_OK):
         raise UserError(f"--out {run.path}: permission denied (this user cannot write there)")
     names = {p.name for p in run.path.iterdir()}
-    if all(n in RUN_FILES or n == "run.json" or n.startswith(".") for n in names):
+    if all(n in RUN_FILES or n in ("run.json", TOKENIZER, LOG_DIR) or n.startswith(".") for n in names):
         if resume and run.is_run():
             run.require()
             return False  # nothing trained yet, but its config and split are checked all the same
@@ -133,8 +136,8 @@ def _check_can_create(path: Path) -> None:
         raise UserError(f"--out {path}: cannot create it, permission denied in {parent}")
 
 
-# Keys that may differ on --resume: they change how often a run is saved, not what it computes.
-RESUME_MAY_CHANGE = {"train.checkpoint_every"}
+# Keys that may differ on --resume: they change how often a run is saved or what it logs, not what it computes.
+RESUME_MAY_CHANGE = {"train.checkpoint_every", "train.log"}
 
 
 def check_resume(run: RunDir, cfg: Config, seed: int, dataset: Dataset, fingerprint: dict,
@@ -174,9 +177,9 @@ def discard_start(run: RunDir, created: bool) -> None:
     if created:
         shutil.rmtree(run.path, ignore_errors=True)
         return
-    for name in (*RUN_FILES, "run.json", METRICS_FILE, ".lock"):
+    for name in (*RUN_FILES, TOKENIZER, "run.json", METRICS_FILE, ".lock"):
         run.file(name).unlink(missing_ok=True)
-    for folder in ("checkpoints", "partial"):
+    for folder in ("checkpoints", "partial", LOG_DIR):
         shutil.rmtree(run.file(folder), ignore_errors=True)
 
 

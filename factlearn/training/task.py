@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
-
+from ..continual.base import Method, QuadraticPenalty
 from ..data.images import to_model_input
 from ..distributed import data_parallel
 from ..errors import Interrupted
+from ..progress import phase, progress_bar
 from .schedule import Plateau, lr_at, task_steps
 from .session import Session
 from .signals import StopRequest
@@ -34,6 +34,7 @@ def train_task(
     resume: Partial | None = None,
     save: Callable[[int, int, int, torch.optim.Optimizer, Plateau | None], Path] | None = None,
     stop: StopRequest | None = None,
+    on_step: Callable[[int, float, float, float], None] | None = None,
 ) -> int:
     """Train task t of session ``s`` from its start, or from the mid-task checkpoint ``resume``;
     the method's ``before_task`` / ``after_task`` hooks frame it. Returns the epochs trained.
@@ -47,6 +48,9 @@ def train_task(
     improved for ``train.patience`` epochs (``train.epochs`` is the maximum). A checkpoint at the end
     of an epoch is taken after that epoch's validation and holds the plateau, so a resumed task
     stops at the same epoch.
+
+    ``on_step(done, loss, penalty, lr)`` is called after every step (``done``: the steps of the task
+    taken so far, 1-based), with values the step computed: logging (:mod:`.logs`) changes nothing.
 
     ``train.batch_size`` is the global batch: with several ranks each takes its share of it
     (``batch[rank::world]``) and DDP averages the gradients, so the steps are those of one process.
@@ -72,7 +76,7 @@ def train_task(
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total_steps = task_steps(len(rows), cfg.batch_size, cfg.epochs)
     done = first_epoch * steps_per_epoch + first_batch
-    bar = tqdm(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not s.progress)
+    bar = progress_bar(total=total_steps, initial=done, desc=f"train {task.name}", unit="step", disable=not s.progress)
 
     def checkpoint(epoch: int, batch: int) -> None:
         """The position (epoch, batch) is reached: save there when asked to stop or when it is time."""
@@ -99,13 +103,16 @@ def train_task(
                     mine = s.dist.take(sel)
                     x = to_model_input(s.images[rows[mine.numpy()]].to(s.device))
                     targets = targets_all[mine].to(s.device)
+                    lr = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
                     for group in opt.param_groups:
-                        group["lr"] = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
+                        group["lr"] = lr
                     batch_in = StepInput(x, targets, exclude_all[targets_all[mine]].to(s.device), fact_tokens,
                                          fact_mask, s.dist.share(len(mine), len(sel)))
                     loss, penalty = train_step(model, s.method, opt, forward, batch_in, s.cfg.loss, s.dist,
                                                f"task {task.name} (step {done + 1})")
                     done += 1
+                    if on_step is not None:
+                        on_step(done, loss, penalty, lr)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", penalty=f"{penalty:.3f}")
                     if batch + 1 < steps_per_epoch:
@@ -122,5 +129,8 @@ def train_task(
     if epochs < cfg.epochs:
         logger.info("task %s stopped after epoch %d of %d: validation top-1 %.3f, no better than %.3f %d epochs "
                     "before", task.name, epochs, cfg.epochs, plateau.scores[-1], plateau.best, plateau.since_best)
-    s.method.after_task(model, s.importance_data(t))
+    what = "importance" if isinstance(s.method, QuadraticPenalty) else "state"
+    computes = type(s.method).after_task is not Method.after_task  # finetune has nothing to compute
+    with phase(f"{s.method.name} {what} after {task.name}", s.progress and computes):
+        s.method.after_task(model, s.importance_data(t))
     return epochs
