@@ -14,6 +14,7 @@ from factlearn.cli import main
 from factlearn.config import load_config
 from factlearn.data.manifest import load_dataset
 from factlearn.errors import UserError
+from factlearn.run import read_tensors
 from factlearn.training import Session, train
 
 
@@ -89,3 +90,15 @@ def test_importance_source_options_are_refused_by_methods_without_importance(tin
                                                                              adaptation_tasks):
     with pytest.raises(UserError, match="method.importance_facts is for importance-based methods"):
         session(tiny_world, tiny_config, adaptation_tasks, name="si", importance_facts="B11")
+
+
+def test_importance_data_with_a_frozen_language_tower(tiny_world, tiny_config, tmp_path):
+    """The faithful protocol freezes the language tower: its importance covers nothing, and the image
+    tower's comes from --importance-data (a crash here once stopped every adaptation run)."""
+    cfg = load_config(tiny_config, {"method.name": "mas", "model.freeze_language": True,
+                                    "method.importance_data": str(tiny_world)})
+    doc = train(tiny_world, cfg, tmp_path / "run", device="cpu")
+    assert doc["tasks"] == ["B1", "B2"]
+    omega = [k for k in read_tensors(tmp_path / "run" / "checkpoints" / "B1" / "method.safetensors")
+             if k.startswith("omega.")]
+    assert omega and all(k.startswith("omega.image_tower.") for k in omega)

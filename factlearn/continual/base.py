@@ -115,7 +115,11 @@ def mean_over_samples(
 
 
 def log_importance(kind: str, where: str, omega: dict[str, torch.Tensor]) -> None:
-    """One INFO line on new importance: the mean of the per-parameter means, and the largest value."""
+    """One INFO line on new importance: the mean of the per-parameter means, and the largest value
+    (nothing to say when no parameter is covered, e.g. a frozen tower)."""
+    if not omega:
+        logger.info("%s on %s: no trainable parameter", kind, where)
+        return
     logger.info("%s on %s: mean %.3g, max %.3g", kind, where,
                 torch.stack([o.mean() for o in omega.values()]).mean(), max(o.max() for o in omega.values()))
 
