@@ -4,9 +4,9 @@ One pipeline, :func:`evaluate_tasks` (the training loop calls it after every tas
 point for a run directory's checkpoints, :func:`evaluate_run` (``factlearn evaluate`` and the
 experiment code's probes).
 
-For every task: embed its test images and its candidate facts (:func:`task_views`; the test set is
-embedded once for every task and protocol), rank the
-candidates per image through a :class:`ShardedFactIndex` (fact recognition: top-k, MRR, overall
+For every task: embed its test images and its candidate facts (:func:`embed_test_set`, then
+:func:`cut_views`; the test set is embedded once for every task and protocol), rank the candidates
+per image through a :class:`ShardedFactIndex` (fact recognition: top-k, MRR, overall
 and per fact order), rank the images per candidate by the same cosine scores (image retrieval:
 mAP, mAP@100), and optionally write the embeddings out (:func:`export_views`).
 
@@ -112,28 +112,6 @@ def cut_views(
         rows = np.flatnonzero(np.isin(image_fact_ids, task.facts))
         views.append(TaskView(task.name, rows, image_fact_ids[rows], cand, img_emb[rows], fact_emb[cand]))
     return views
-
-
-def task_views(
-    model: FactModel,
-    facts: FactTable,
-    tasks: Sequence[Task],
-    images: torch.Tensor,
-    image_fact_ids: np.ndarray,
-    trained: int,
-    protocol: str = "standard",
-    batch_size: int = 256,
-    chunk: int = CHUNK,
-) -> list[TaskView]:
-    """Embed all test images and facts once and cut them into one :class:`TaskView` per task.
-
-    Args:
-        images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
-        trained: how many tasks the model has been trained on (for the generalized protocol).
-        batch_size, chunk: as in :func:`embed_test_set`.
-    """
-    img_emb, fact_emb = embed_test_set(model, facts, images, batch_size, chunk)
-    return cut_views(tasks, image_fact_ids, img_emb, fact_emb, trained, protocol)
 
 
 def evaluate_view(

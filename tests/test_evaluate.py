@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from factlearn.cli import main
 from factlearn.compare import compare_plots, compare_table
 from factlearn.data.splits import Task
-from factlearn.evaluate import evaluate_tasks, evaluate_view, task_views
+from factlearn.evaluate import cut_views, embed_test_set, evaluate_tasks, evaluate_view
 from factlearn.facts import Fact, FactTable
 from factlearn.model import Vocabulary, create_model
 from factlearn.run import RunDir
@@ -148,7 +148,8 @@ def test_several_protocols_embed_the_images_once(random_model_setup, monkeypatch
 
 def test_approximate_index_reports_recall(random_model_setup):
     model, images, image_fact_ids, _, _ = random_model_setup
-    for view in task_views(model, FACTS, TASKS, images, image_fact_ids, 2, "generalized"):
+    img_emb, fact_emb = embed_test_set(model, FACTS, images)
+    for view in cut_views(TASKS, image_fact_ids, img_emb, fact_emb, 2, "generalized"):
         exact = evaluate_view(view, FACTS)
         for kind in ("hnsw", "ivf"):
             approx = evaluate_view(view, FACTS, kind)

@@ -128,13 +128,19 @@ def test_batch_approximation_is_a_lower_bound(setup):
     assert any((approx[n] < exact[n] - 1e-6).any() for n in exact)
 
 
-def test_penalty_gradient_is_2_lambda_omega_delta(setup):
+def anchored_and_moved(setup, lam: float = 3.0):
+    """A tiny model, MAS (lam) anchored after one task, then every parameter moved a little."""
     model, task, _ = setup()
-    method = create_method(MethodConfig(name="mas", lam=3.0))
+    method = create_method(MethodConfig(name="mas", lam=lam))
     method.after_task(model, task)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
+    return model, method
+
+
+def test_penalty_gradient_is_2_lambda_omega_delta(setup):
+    model, method = anchored_and_moved(setup)
     model.zero_grad()
     method.penalty(model).backward()
     omega, anchor = method._get("omega"), method._get("anchor")
@@ -144,12 +150,7 @@ def test_penalty_gradient_is_2_lambda_omega_delta(setup):
 
 
 def test_penalty_value_is_lambda_sum_omega_delta_squared(setup):
-    model, task, _ = setup()
-    method = create_method(MethodConfig(name="mas", lam=3.0))
-    method.after_task(model, task)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
+    model, method = anchored_and_moved(setup)
     omega, anchor = method._get("omega"), method._get("anchor")
     expected = 3.0 * sum((omega[n].double() * (p.detach().double() - anchor[n]) ** 2).sum() for n, p in trainable(model).items())
     assert torch.allclose(method.penalty(model).double(), expected, rtol=1e-5, atol=0)
