@@ -38,8 +38,10 @@ def exp() -> config.Experiments:
 
 @pytest.fixture
 def checkout(tmp_path) -> Path:
-    """A copy of configs/reproduce/ in a checkout of its own (a sweep writes lambda files there)."""
-    shutil.copytree(CONFIG_DIR, tmp_path / "checkout" / reproduce.CONFIG_DIR)
+    """A copy of configs/reproduce/ in a checkout of its own (a sweep writes lambda files there),
+    without the lambda files a real sweep wrote: the tests write their own."""
+    shutil.copytree(CONFIG_DIR, tmp_path / "checkout" / reproduce.CONFIG_DIR,
+                    ignore=shutil.ignore_patterns("lambda-*.yaml"))
     return tmp_path / "checkout"
 
 
@@ -178,7 +180,7 @@ def test_pick_lambda_best_mean_ties_to_the_smaller():
 def test_lambda_file_is_read_by_the_reproduction(checkout):
     exp = config.load_experiments(checkout / reproduce.CONFIG_DIR / "experiments.yaml")
     faithful = load_protocol(exp, "faithful")
-    assert faithful.lambdas == {} and not faithful.lambda_path.exists()  # none shipped
+    assert faithful.lambdas == {} and not faithful.lambda_path.exists()  # none in this checkout yet
     choice = LambdaChoice(3.0, 0.71, "top1", [0], [0.3, 3.0], "scripts/sweep_lambda.py --method mas", "now")
     path = write_lambdas(faithful, "quick", {"mas": choice}, "the rule")
     assert path == checkout / reproduce.CONFIG_DIR / "lambda-faithful.yaml"
