@@ -17,7 +17,7 @@ from factlearn.config import Config, from_dict
 from factlearn.errors import UserError
 from factlearn.experiments import config, execute, report, reproduce, sweep
 from factlearn.experiments import plan as plans
-from factlearn.experiments.prepare import run_configs, train_steps
+from factlearn.experiments.prepare import ensure_pretrained, run_configs, train_steps
 from factlearn.experiments.protocols import (
     SCRATCH_PROTOCOL,
     LambdaChoice,
@@ -152,6 +152,18 @@ def test_an_existing_run_from_the_pretrained_tower_matches_its_config(exp, tmp_p
     saved["model"]["backbone_config"]["hidden_sizes"] = [8, 8, 8]
     (plan.run_dir(run) / "config.yaml").write_text(yaml.safe_dump(saved))
     assert "model.backbone_config" in execute.config_mismatch(plan, run, cfg)
+
+
+def test_a_backbone_pretrained_for_other_epochs_is_refused(exp, tmp_path):
+    """Changing pretrain_epochs must not silently reuse the old backbone: the runs made from it
+    would mix two pretrainings."""
+    plan = plans.make_plan(exp, ["two-task"], "quick", 1, tmp_path, protocol=load_protocol(exp, "faithful"))
+    plan.pretrained.mkdir(parents=True)
+    (plan.pretrained / "pretrain.json").write_text(json.dumps({"epochs": plan.pretrain_epochs + 1}))
+    with pytest.raises(UserError, match=f"pretrained for {plan.pretrain_epochs + 1} epochs"):
+        ensure_pretrained(plan, exp, tmp_path / "world", 1, "cpu", tmp_path / "log")
+    (plan.pretrained / "pretrain.json").write_text(json.dumps({"epochs": plan.pretrain_epochs}))
+    ensure_pretrained(plan, exp, tmp_path / "world", 1, "cpu", tmp_path / "log")  # the same: reused
 
 
 def test_steps_count_the_validation_share_and_need_no_task_file(exp, tiny_world, tmp_path):

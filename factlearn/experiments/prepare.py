@@ -17,7 +17,7 @@ from ..data.importers import place_image
 from ..data.manifest import Dataset, ManifestRow, load_dataset, write_manifest
 from ..data.splits import image_splits, load_tasks_file, make_split, monitored_facts
 from ..errors import UserError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..training.schedule import task_steps
 from .children import check_child_factlearn, factlearn_cli
 from .config import Experiments, WorldSpec
@@ -62,8 +62,17 @@ def ensure_world(path: Path, world: WorldSpec, jobs: int, log: Path, exclude: Pa
 
 def ensure_pretrained(plan: Plan, exp: Experiments, world: Path, jobs: int, device: str, log: Path) -> None:
     """The plan's pretrained backbone unless it is there (or the protocol needs none): the base world
-    (sharing no fact with ``world``), then ``factlearn pretrain`` on it with the scale's config."""
-    if plan.pretrained is None or (plan.pretrained / "pretrain.json").is_file():
+    (sharing no fact with ``world``), then ``factlearn pretrain`` on it with the scale's config.
+    One pretrained with another number of epochs than ``pretrain_epochs`` is refused: the runs
+    already made from it would no longer be the plan's."""
+    if plan.pretrained is None:
+        return
+    record = plan.pretrained / "pretrain.json"
+    if record.is_file():
+        done = read_json(record)
+        if isinstance(done, dict) and done.get("epochs") != plan.pretrain_epochs:
+            raise UserError(f"{record}: pretrained for {done.get('epochs')} epochs, but experiments.yaml asks for "
+                            f"{plan.pretrain_epochs}; use another --out (runs made from it would mix the two)")
         return
     ensure_world(plan.base_dir, plan.base, jobs, log, exclude=world)
     print(f"pretraining the image tower on {plan.base_dir} ({plan.pretrain_epochs} epochs)", flush=True)
