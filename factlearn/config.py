@@ -85,6 +85,13 @@ class LossConfig:
     distance: str = "normalized"
     contrastive_weight: float = 1.0  # guards against collapse when the language tower trains
     temperature: float = 0.1
+    # The facts each step scores its batch against (and embeds through the language tower).
+    # all: every fact of the stage, exact (the default; right while the stage has up to a few
+    # thousand facts). sampled: the batch's own facts plus num_negatives others drawn each step
+    # (seeded by the step's position, so resume is bit-identical); use it from a few thousand facts
+    # per stage (F > ~5,000), where embedding all of them every step dominates the step's cost.
+    negatives: str = "all"
+    num_negatives: int = 1024  # sampled only: the K facts drawn besides the batch's own
 
 
 LOGGERS = ("tensorboard", "csv")  # the values of train.log
@@ -244,7 +251,7 @@ _BOUNDS = {
 RANGES = {
     "model.image_size": "> 0", "model.slot_dim": "> 0", "model.po_grid": "> 0", "model.word_dim": "> 0",
     "model.text_hidden": "> 0", "model.freeze_stages": ">= 0",
-    "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0",
+    "loss.distance_weight": ">= 0", "loss.contrastive_weight": ">= 0", "loss.temperature": "> 0", "loss.num_negatives": "> 0",
     "train.epochs": "> 0", "train.batch_size": "> 0", "train.lr": "in (0, 10]", "train.weight_decay": ">= 0",
     "train.momentum": "in [0, 1)", "train.checkpoint_every": ">= 0",
     "train.val_fraction": "in [0, 1)", "train.patience": "> 0",
@@ -260,6 +267,7 @@ CHOICES = {
     "model.text_encoder": ("phrase", "bert", "vectors"),
     "model.text_pooling": ("cls", "mean"),
     "loss.distance": ("normalized", "raw"),
+    "loss.negatives": ("all", "sampled"),
     "train.optimizer": ("adam", "sgd"),
     "train.lr_schedule": ("constant", "cosine"),
     "split.kind": ("random", "semantic"),

@@ -22,7 +22,7 @@ from ..data.splits import Task, image_splits, load_tasks_file, make_split
 from ..distributed import SINGLE, Context
 from ..errors import UserError
 from ..evaluate import evaluate_tasks
-from ..facts import matches
+from ..facts import FactTable
 from ..losses import check_loss, fact_loss
 from ..model import FactModel, Vocabulary, create_model
 from ..progress import progress_bar
@@ -136,16 +136,13 @@ class Session:
                                    "standard", self.cfg.eval.batch_size)[task.name]["top1"]
         return self.dist.all_sum([score])[0]
 
-    def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """targets (N,): each row's fact as an index into ``facts``; exclude (F, F) bool: candidates
-        also true of a fact under the wildcard rule, either way (neither positives nor negatives)."""
-        table = self.dataset.facts
+    def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, Wildcards]:
+        """targets (N,): each row's fact as an index into ``facts``; the wildcard rule among ``facts``
+        (:class:`Wildcards`): ``exclude[targets]`` is the (B, F_t) bool exclusion of a batch, computed
+        for that batch only."""
         local = {f: i for i, f in enumerate(facts)}
         targets = torch.tensor([local[f] for f in self.fact_ids[rows]], dtype=torch.long)
-        exclude = torch.tensor(
-            [[a != b and (matches(table[a], table[b]) or matches(table[b], table[a])) for b in facts] for a in facts]
-        )
-        return targets, exclude
+        return targets, Wildcards(self.dataset.facts, facts)
 
     def stage(self, t: int) -> Task:
         """What training step t learns: task t, or for joint training the union of tasks 1..t."""
@@ -207,3 +204,48 @@ class Session:
             self.model, self.dataset.facts, self.tasks, self.images[rows], self.fact_ids[rows], trained,
             list(protocols), self.cfg.eval.batch_size,
         )
+
+
+class Wildcards:
+    """The wildcard rule among a stage's facts, per batch: ``exclude(targets, candidates)`` (B, C) bool
+    marks the candidates also true of each target's images under :func:`factlearn.facts.matches`,
+    either way (neither positives nor negatives), never the target itself.
+
+    matches(a, b) holds when b agrees with a on a's own slots: same S for an <S> a, same (S, P) for
+    <S,P>, the same fact for <S,P,O>. Each fact gets an integer code for each key (S), (S, P) and
+    (S, P, O) (a missing slot counts as a value of its own), so a batch's exclusion is a few gathers
+    and comparisons of (B, C) integers: no F x F matrix is ever built. ``exclude[targets]`` is the
+    rows of all the stage's facts, the values of the old F x F matrix's rows.
+    """
+
+    def __init__(self, table: FactTable, facts: Sequence[int]):
+        codes: list[dict[tuple, int]] = [{}, {}, {}]
+        keys, order = [], []
+        for f in facts:
+            fact = table[f]
+            keys.append([codes[n].setdefault(fact.slots[: n + 1], len(codes[n])) for n in range(3)])
+            order.append(fact.order - 1)
+        self.ids = torch.as_tensor(np.asarray(facts, dtype=np.int64)).reshape(-1)  # (F_t,) fact ids
+        self.keys = torch.tensor(keys, dtype=torch.long).reshape(-1, 3)  # (F_t, 3): codes of S, (S,P), (S,P,O)
+        self.order = torch.tensor(order, dtype=torch.long)  # (F_t,): 0 for <S>, 1 for <S,P>, 2 for <S,P,O>
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def exclude(self, targets: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C) bool for ``targets`` (B,) and ``candidates`` (C,), both indices into the stage's
+        facts (all of them when ``candidates`` is None)."""
+        targets = torch.as_tensor(targets, dtype=torch.long).cpu()
+        cand = torch.arange(len(self)) if candidates is None else torch.as_tensor(candidates, dtype=torch.long).cpu()
+        kt, kc = self.keys[targets], self.keys[cand]  # (B, 3), (C, 3)
+        ot, oc = self.order[targets], self.order[cand]  # (B,), (C,)
+        # target a's images match candidate b: b agrees with a on a's key, and the other way round
+        a_of_b = kc.T[ot] == kt.gather(1, ot[:, None])  # (B, C)
+        b_of_a = kt[:, oc] == kc.gather(1, oc[:, None]).T  # (B, C)
+        return (a_of_b | b_of_a) & (self.ids[targets][:, None] != self.ids[cand][None, :])
+
+    def __getitem__(self, targets: torch.Tensor) -> torch.Tensor:
+        """The rows of ``targets`` over all the stage's facts: (B, F_t) bool ((F_t,) for one index)."""
+        t = torch.as_tensor(targets, dtype=torch.long)
+        rows = self.exclude(t.reshape(-1))
+        return rows[0] if t.dim() == 0 else rows

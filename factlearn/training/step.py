@@ -25,12 +25,14 @@ class Diverged(UserError):
 
 @dataclass
 class StepInput:
-    """What one step trains on: this rank's share of the global batch against the stage's facts.
+    """What one step trains on: this rank's share of the global batch against the step's facts.
 
+    The step's facts are the stage's (``loss.negatives: all``), or the global batch's own plus the
+    ones drawn for this step (``sampled``, :func:`factlearn.training.task.sample_facts`).
     ``x``: pixels (b, 3, H, W) from :func:`factlearn.data.images.to_model_input`; ``targets`` (b,):
-    each image's fact as an index into the stage's facts; ``exclude`` (b, F_t) bool: candidates
-    neither positive nor negative under the wildcard rule; ``fact_tokens`` (F_t, 3, L) and
-    ``fact_mask`` (F_t, 3): the stage's facts; ``weight``: the share's weight in the global batch
+    each image's fact as an index into the step's F facts; ``exclude`` (b, F) bool: candidates
+    neither positive nor negative under the wildcard rule; ``fact_tokens`` (F, 3, L) and
+    ``fact_mask`` (F, 3): the step's facts (only these go through the language tower); ``weight``: the share's weight in the global batch
     (:meth:`factlearn.distributed.Context.share`, 1 in a single process).
     """
 
@@ -52,7 +54,7 @@ def train_step(model: torch.nn.Module, method: Method, opt: torch.optim.Optimize
     which case no parameter is changed.
     """
     x = batch.x
-    img, fact = forward(x, batch.fact_tokens, batch.fact_mask)  # (b, 3, d), (F_t, 3, d)
+    img, fact = forward(x, batch.fact_tokens, batch.fact_mask)  # (b, 3, d), (F, 3, d)
     if len(x):
         loss = fact_loss(img, fact, batch.fact_mask, batch.targets, batch.exclude, loss_cfg)
         penalty = method.penalty(model, StepBatch(x, batch.fact_tokens, batch.fact_mask, image_emb=img,

@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+
 from ..continual.base import Method, QuadraticPenalty
 from ..data.images import to_model_input
 from ..distributed import data_parallel
@@ -58,7 +60,7 @@ def train_task(
     task, cfg, model = s.tasks[t], s.cfg.train, s.model
     stage = s.stage(t)  # the task itself, or the union so far for joint training
     rows = s.rows(stage, test=False)
-    targets_all, exclude_all = s.labels(stage.facts, rows)  # (N,), (F_t, F_t)
+    targets_all, wildcards = s.labels(stage.facts, rows)  # (N,), the rule: (B, F_t) rows per batch
     fact_tokens = s.tokens[stage.facts].to(s.device)
     fact_mask = s.slot_mask[stage.facts].to(s.device)
     opt = s.optimizer()
@@ -102,12 +104,21 @@ def train_task(
                     sel = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # the global batch
                     mine = s.dist.take(sel)
                     x = to_model_input(s.images[rows[mine.numpy()]].to(s.device))
-                    targets = targets_all[mine].to(s.device)
                     lr = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    batch_in = StepInput(x, targets, exclude_all[targets_all[mine]].to(s.device), fact_tokens,
-                                         fact_mask, s.dist.share(len(mine), len(sel)))
+                    if s.cfg.loss.negatives == "sampled":
+                        facts = sample_facts(targets_all[sel], len(stage.facts), s.cfg.loss.num_negatives,
+                                             step_generator(s.seed, t, done))
+                        targets = torch.searchsorted(facts, targets_all[mine])  # (b,) into the sampled facts
+                        exclude = wildcards.exclude(targets_all[mine], facts)
+                        step_facts = facts.to(s.device)
+                        tokens, mask = fact_tokens[step_facts], fact_mask[step_facts]
+                    else:
+                        targets, exclude = targets_all[mine], wildcards[targets_all[mine]]
+                        tokens, mask = fact_tokens, fact_mask
+                    batch_in = StepInput(x, targets.to(s.device), exclude.to(s.device), tokens, mask,
+                                         s.dist.share(len(mine), len(sel)))
                     loss, penalty = train_step(model, s.method, opt, forward, batch_in, s.cfg.loss, s.dist,
                                                f"task {task.name} (step {done + 1})")
                     done += 1
@@ -134,3 +145,22 @@ def train_task(
     with phase(f"{s.method.name} {what} after {task.name}", s.progress and computes):
         s.method.after_task(model, s.importance_data(t))
     return epochs
+
+
+def step_generator(seed: int, t: int, step: int) -> torch.Generator:
+    """The generator of step ``step`` (0-based, within task t) of the run with ``seed``: a pure
+    function of the step's position, so a resumed task draws what an uninterrupted one draws."""
+    state = np.random.SeedSequence([seed, 13, t, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_facts(batch_targets: torch.Tensor, num_facts: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``loss.negatives: sampled``: the facts one step scores its batch against, as sorted indices
+    into the stage's ``num_facts`` facts: those of ``batch_targets`` (the global batch's, so every
+    rank takes the same set) and ``k`` others drawn uniformly without replacement by ``gen`` (all
+    the others when fewer remain: then the set is the stage's facts in their order, as with ``all``)."""
+    in_batch = torch.zeros(num_facts, dtype=torch.bool)
+    in_batch[batch_targets] = True
+    others = torch.randperm(num_facts, generator=gen)
+    others = others[~in_batch[others]][:k]
+    return torch.cat([torch.unique(batch_targets), others]).sort().values
