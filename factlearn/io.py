@@ -14,10 +14,11 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
@@ -120,11 +121,27 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
         raise
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads(text)``, with every way the text can fail raised as :class:`json.JSONDecodeError`
+    (``msg`` and ``lineno`` name the problem), including the two json.loads raises otherwise: nesting
+    deeper than the parser's recursion allows, and an integer too long for Python to convert."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError:  # Python refuses int() of a text of more than sys.get_int_max_str_digits() digits
+        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        raise json.JSONDecodeError("a number with too many digits", text, digits.start() if digits else 0) from None
+
+
 def read_json(path: str | Path) -> dict | list:
-    """A JSON file; missing, unreadable or corrupt is a UserError naming it."""
+    """A JSON file; missing, unreadable or corrupt (too deep or a too long number included) is a
+    UserError naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"missing {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

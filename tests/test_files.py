@@ -149,3 +149,19 @@ def test_a_run_whose_config_yaml_is_broken(tmp_path, tiny_world, tiny_config):
     r = CliRunner().invoke(main, ["evaluate", str(run), "--device", "cpu"])
     assert r.exit_code == 2 and r.stderr.startswith(f"Error: {run / 'config.yaml'}:2:1: not valid YAML"), r.stderr
     assert len(r.stderr.splitlines()) == 1
+
+
+def test_run_files_too_deep_or_with_a_too_long_number_are_one_line(tmp_path):
+    """Every JSON reader shares io.parse_json: a run file nested too deeply or holding an integer past
+    Python's digit limit is a UserError naming it, as a manifest or task file is."""
+    import pytest
+
+    from factlearn.errors import UserError
+    from factlearn.io import read_json
+
+    for text in ("[" * 100_000, '{"n": ' + "9" * 5000 + "}"):
+        path = tmp_path / "metrics.json"
+        path.write_text(text)
+        with pytest.raises(UserError, match="metrics.json is corrupt") as err:
+            read_json(path)
+        assert "\n" not in str(err.value)

@@ -19,7 +19,8 @@ from typing import Iterable, Iterator
 from ..errors import UserError
 from ..facts import Fact, FactTable
 from ..io import atomic_write_text
-from .textfiles import MALFORMED, UNKNOWN_COLUMN, BadRow, parse_json, read_csv, read_text, refuse, shown
+from ..io import parse_json
+from .textfiles import MALFORMED, UNKNOWN_COLUMN, BadRow, read_csv, read_text, refuse, shown
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ import numpy as np
 from ..errors import UserError
 from ..facts import Fact, FactTable
 from .manifest import Dataset
-from .textfiles import parse_json, shown
+from ..io import parse_json
+from .textfiles import shown
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import re
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import UserError
 
@@ -48,21 +45,6 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not valid UTF-8") from None
-
-
-def parse_json(text: str) -> Any:
-    """``json.loads(text)``, with every way the text can fail raised as :class:`json.JSONDecodeError`
-    (``msg`` and ``lineno`` name the problem), including the two json.loads raises otherwise: nesting
-    deeper than the parser's recursion allows, and an integer too long for Python to convert."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text, 0) from None
-    except ValueError:  # Python refuses int() of a text of more than sys.get_int_max_str_digits() digits
-        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
-        raise json.JSONDecodeError("a number with too many digits", text, digits.start() if digits else 0) from None
 
 
 def read_csv(path: Path, columns: Sequence[str], required: Sequence[str],
