@@ -130,12 +130,16 @@ def main(verbose: bool) -> None:
 @click.option("--importance-data", type=click.Path(path_type=Path), default=None,
               help="mas, lmas: unlabeled images (folder, or data directory whose facts are ignored) for the image "
                    "tower's importance; the language tower's comes from the task's facts.")
+@click.option("--start-from", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+              help="Take the first task from RUN_DIR's checkpoint (a finetune or joint run with the same data, "
+                   "seed and config but the method section) instead of training it; bit-identical to training it. "
+                   "Not for si.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train with N processes on this machine (DDP: one per GPU, or CPU processes; train.batch_size is "
                    "the global batch). Runs torchrun's launcher; for several machines run torchrun yourself "
                    "(README, Scaling).")
 def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_file, out_dir, seed, device, loggers,
-          resume, importance_data, nproc) -> None:
+          resume, importance_data, start_from, nproc) -> None:
     """Train a task sequence (B1 -> B2 -> ...) and evaluate every task after each one."""
     from .config import load_config
     from .continual import METHODS
@@ -157,7 +161,8 @@ def train(data_dir, config_path, method, lam, epochs, tasks, split_kind, tasks_f
             raise UserError("--nproc: this process was already started by torchrun; leave --nproc out")
         ctx = click.get_current_context()
         ctx.exit(launch(nproc, _given_arguments(ctx, leave_out="nproc")))  # on failure the ranks have said why
-    doc = run_training(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, resume=resume)
+    doc = run_training(data_dir, cfg, out_dir, seed=seed, device=device, progress=True, resume=resume,
+                       start_from=start_from)
     if _rank() == 0:
         click.echo(f"run written to {out_dir}")
         uses_lam = "lam" in METHODS[cfg.method.name].options

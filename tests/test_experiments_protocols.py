@@ -62,7 +62,7 @@ def test_faithful_protocol_plan_and_configs(exp, tmp_path):
     plan = plans.make_plan(exp, ["two-task", "adaptation"], "full", 3, tmp_path, protocol=faithful)
     assert plan.out == tmp_path / "faithful" and plan.data == tmp_path / "data" / "world"
     assert plan.pretrained == tmp_path / "pretrained" and plan.base_dir == tmp_path / "data" / "base"
-    assert plan.base == config.WorldSpec("base", 1000) and plan.pretrain_epochs == 3
+    assert plan.base == config.WorldSpec("base", 1000) and plan.pretrain_epochs == 6
     variants = [e.variant for e in plan.suites["two-task"][1]]
     assert variants == METHODS + ["mas-shuffled", "mas-noise"]  # the controls: rows of the two-task suite only
     assert "mas-noise" not in [e.variant for e in plan.suites["adaptation"][1]]

@@ -51,6 +51,12 @@ def test_plan_of_every_suite(exp, tmp_path):
     assert [e.variant for e in plan.suites["adaptation"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12"]
     assert [e.variant for e in plan.suites["topic"][1]] == ["finetune", "mas", "joint", "mas-imp-group-colour-train"]
     assert plan.data == tmp_path / "data" / "world" and plan.world == config.WorldSpec("small", 0)
+    # the first task of a sequence and seed is trained once, by finetune; si trains its own (its path
+    # integral runs during the first task)
+    parents = {run.id: run.parent for run in plan.runs.values()}
+    assert parents["random2/seed0/finetune"] is None and parents["random2/seed0/si"] is None
+    assert parents["random2/seed0/mas-imp-B11"] == parents["random2/seed0/joint"] == "random2/seed0/finetune"
+    assert parents["random4/seed0/mas-imp-group-colour-train"] == "random4/seed0/finetune"
 
     cmd = execute.train_command(plan, plan.runs["random2/seed0/mas-imp-B11"], "cpu")
     assert cmd[:4] == [sys.executable, "-m", "factlearn", "train"]
@@ -344,6 +350,11 @@ def test_tiny_reproduction_of_the_faithful_protocol_end_to_end(tiny_world, tmp_p
     readme = (faithful / "README.md").read_text()
     assert "faithful protocol" in readme and "pretrained on the base world" in readme
     assert "mas-noise: 1 (mas's: methods.yaml, not swept under this protocol)" in readme
+    # the MAS runs took their first task from finetune's (train --start-from), and trained the second
+    for variant in ("mas", "mas-noise", "mas-shuffled"):
+        info = json.loads((faithful / "runs" / "random2" / "seed0" / variant / "run.json").read_text())
+        assert info["started_from"] == str(faithful / "runs" / "random2" / "seed0" / "finetune")
+        assert info["completed"] == ["B1", "B2"]
     records = check_summary_against_pages(faithful, "faithful")
     assert {r["entry"] for r in records} == {"finetune", "mas", "mas-shuffled", "mas-noise"}
     assert all(r["seeds"] == [0] for r in records)

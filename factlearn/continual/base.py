@@ -159,6 +159,9 @@ class Method:
 
     name = "finetune"
     rehearses_all = False  # True: train on every task seen so far (joint training)
+    # False where the method changes the first task's training or keeps state during it (SI's path
+    # integral): such a run cannot start from another run's first task (training/fork.py).
+    first_task_as_finetune = True
     # The MethodConfig fields this method reads (the others are ignored); each subclass explains
     # them in its docstring. MethodConfig itself is the flat union that config files fill.
     options: tuple[str, ...] = ()

@@ -44,6 +44,7 @@ class SI(QuadraticPenalty):
     """
 
     name = "si"
+    first_task_as_finetune = False  # the path integral runs during the first task too
     options = QuadraticPenalty.options + ("xi",)
 
     def __init__(self, cfg: MethodConfig):

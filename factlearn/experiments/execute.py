@@ -4,6 +4,10 @@ started), then its probes, ``jobs`` runs at a time.
 A run whose metrics.json covers every task is complete; one with a run.json continues with
 ``--resume``; a run made with another config than the one asked for now is refused before
 anything starts (:func:`config_mismatch`, the comparison ``factlearn train --resume`` makes).
+
+A run with a parent (:func:`factlearn.experiments.plan.assign_parents`) waits for it and starts
+from its first task (``factlearn train --start-from``) when the parent has that checkpoint and the
+two configs differ only in the method section; otherwise it trains its first task itself.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from ..config import Config, from_dict
 from ..errors import UserError
-from ..io import read_json
+from ..io import read_json, read_yaml_document
 from ..results import Metrics
 from ..run import RunDir
 from ..training.state import RESUME_MAY_CHANGE, flatten_config
@@ -25,8 +29,9 @@ from .children import call, child_env
 from .plan import Plan, RunSpec
 
 
-def train_command(plan: Plan, run: RunSpec, device: str) -> list[str]:
-    """The ``factlearn train`` command of a run; ``--resume`` once the run directory holds a run."""
+def train_command(plan: Plan, run: RunSpec, device: str, parent: Path | None = None) -> list[str]:
+    """The ``factlearn train`` command of a run; ``--resume`` once the run directory holds a run,
+    ``--start-from parent`` for a fresh run that takes its first task from ``parent``."""
     cmd = [sys.executable, "-m", "factlearn", "train", "--data", str(plan.data),
            "--config", str(plan.config_file(run.config or run.method)), "--tasks-file", str(plan.tasks_file(run.sequence)),
            "--out", str(plan.run_dir(run)), "--seed", str(run.seed), "--device", device]
@@ -34,7 +39,26 @@ def train_command(plan: Plan, run: RunSpec, device: str) -> list[str]:
         cmd += ["--importance-data", str(plan.view_dir(run.importance))]
     if RunDir(plan.run_dir(run)).is_run():
         cmd.append("--resume")
+    elif parent is not None:
+        cmd += ["--start-from", str(parent)]
     return cmd
+
+
+def usable_parent(plan: Plan, run: RunSpec) -> Path | None:
+    """The parent's run directory when ``run`` can start from its first task: the parent has a
+    checkpoint after it and the two config files differ only in the method section. None otherwise
+    (then the run trains its first task itself)."""
+    if run.parent is None or run.parent not in plan.runs:
+        return None
+    parent = plan.runs[run.parent]
+    folder = plan.run_dir(parent)
+    try:
+        done = read_json(folder / "run.json").get("completed") or []
+        configs = [flatten_config(read_yaml_document(plan.config_file(r.config or r.method))) for r in (run, parent)]
+    except (UserError, OSError, AttributeError):  # not written yet, or not a config: train it whole
+        return None
+    child, theirs = ({k: v for k, v in c.items() if not k.startswith("method.")} for c in configs)
+    return folder if done and child == theirs else None
 
 
 def probe_command(plan: Plan, run: RunSpec, view: str, device: str) -> list[str]:
@@ -110,15 +134,27 @@ def execute(plan: Plan, runs: list[RunSpec], jobs: int, device: str) -> list[Out
     """
     lock, done_count, stop = threading.Lock(), [0], threading.Event()
     env = child_env(plan.out / "cache")
+    ids = {run.id for run in runs}
+    finished = {run.id: threading.Event() for run in runs}
+    # parents first: a run waits for its parent (below), which must then have started already
+    runs = sorted(runs, key=lambda r: r.parent is not None and r.parent in ids)
 
     def work(run: RunSpec) -> Outcome:
+        try:
+            return run_one(run)
+        finally:
+            finished[run.id].set()
+
+    def run_one(run: RunSpec) -> Outcome:
+        if run.parent in finished and not run_complete(plan.run_dir(run)):
+            finished[run.parent].wait()
         if stop.is_set():
             return Outcome(run, "interrupted")
         log = plan.log_file(run.id)
         out = Outcome(run, "skipped")
         t0 = time.perf_counter()
         if not run_complete(plan.run_dir(run)):
-            cmd = train_command(plan, run, device)
+            cmd = train_command(plan, run, device, usable_parent(plan, run))
             out.status = "resumed" if "--resume" in cmd else "trained"
             rc, out.train_cpu_s = call(cmd, log, env)
             out.train_s = time.perf_counter() - t0

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..continual import METHODS
 from ..errors import UserError
 from .config import Experiments, WorldSpec
 from .protocols import SCRATCH_PROTOCOL, Protocol
@@ -50,6 +51,7 @@ class RunSpec:
     importance: str | None = None  # name of the View given as --importance-data
     probes: tuple[str, ...] = ()  # Views every checkpoint is evaluated on
     config: str | None = None  # name of its config file (default: the method's)
+    parent: str | None = None  # id of the finetune run whose first task it starts from (:func:`assign_parents`)
 
     @property
     def id(self) -> str:
@@ -181,4 +183,19 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
                 spec = dataclasses.replace(spec, probes=tuple(dict.fromkeys(old.probes + spec.probes)))
             plan.runs[spec.id] = spec
         plan.suites[suite] = (seq, entries)
+    return assign_parents(plan)
+
+
+PARENT_VARIANT = "finetune"  # the run of a sequence and seed that the others take their first task from
+
+
+def assign_parents(plan: Plan) -> Plan:
+    """Give every run that may start from another's first task (``factlearn train --start-from``:
+    its method trains the first task as finetuning does) the plan's finetune run of the same
+    sequence and seed as its parent: each seed's first task is then trained once, not once per
+    method, lambda and variant (issue 17). Bit-identical to training it (tests/test_fork.py)."""
+    for run_id, run in plan.runs.items():
+        parent = f"{run.sequence}/seed{run.seed}/{PARENT_VARIANT}"
+        if run.variant != PARENT_VARIANT and parent in plan.runs and METHODS[run.method].first_task_as_finetune:
+            plan.runs[run_id] = dataclasses.replace(run, parent=parent)
     return plan

@@ -48,7 +48,7 @@ from ..results import PROTOCOLS
 from .children import check_child_factlearn
 from .config import Experiments, load_experiments
 from .execute import config_mismatch, execute
-from .plan import Entry, Plan, RunSpec, protocol_plan
+from .plan import Entry, Plan, RunSpec, assign_parents, protocol_plan
 from .prepare import ensure_pretrained, ensure_world, train_steps, write_config, write_tasks_files, write_view
 from .protocols import SCRATCH, LambdaChoice, Protocol, load_protocol, now, run_config, write_lambdas
 from .reproduce import CONFIG_DIR
@@ -88,7 +88,7 @@ def sweep_plan(exp: Experiments, protocol: Protocol, grids: dict[str, list[float
                 run = RunSpec(seq, run_name, method, s, config=run_name)
                 plan.runs[run.id] = run
         plan.suites[name] = (seq, entries)
-    return plan, configs
+    return assign_parents(plan), configs
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[float] | None]:

@@ -47,6 +47,7 @@ from ..run import RunDir
 from .logs import LOG_DIR, RunLog, check_loggers, steps_before
 from .schedule import Plateau
 from .session import Session
+from .fork import FirstTask, check_parent, take_first_task
 from .signals import StopRequest
 from .state import TOKENIZER, check_out_dir, check_resume, discard_start, restore, trainer_state
 from .step import Diverged, check_finite
@@ -63,6 +64,7 @@ def train(
     device: str = "auto",
     progress: bool = False,
     resume: bool = False,
+    start_from: str | Path | None = None,
 ) -> dict:
     """Train ``cfg.method`` over the task sequence of ``data_dir``; returns metrics.json's content.
 
@@ -77,6 +79,10 @@ def train(
 
     Started by torchrun (``WORLD_SIZE`` > 1), every process calls this and they train together
     (:mod:`factlearn.distributed`); rank 0 writes the run directory and returns the same document.
+
+    ``start_from``: a fresh run takes the first task from that run's checkpoint instead of training it
+    (:mod:`factlearn.training.fork`: bit-identical to training it; refused where it would not be). A
+    run that already has a checkpoint ignores it.
 
     With ``model.pretrained``, the folder's backbone architecture is written into the run's
     ``model.backbone_config`` (:func:`factlearn.model.resolve_pretrained`): the run then loads
@@ -94,6 +100,11 @@ def train(
         if not fresh:  # before the images are decoded: a mismatch is told at once
             ctx.agree(lambda: check_resume(run, cfg, seed, dataset, fingerprint, data_dir))
         s = ctx.agree(lambda: Session(dataset, cfg, seed, dev, progress and ctx.is_main, ctx))
+        first = None
+        if fresh and start_from is not None:
+            if Path(start_from).resolve() == run.path.resolve():
+                raise UserError(f"--start-from {start_from} is the run directory itself (--out)")
+            first = ctx.agree(lambda: check_parent(start_from, cfg, seed, fingerprint, s))
         with ExitStack() as held:
             def lock() -> None:  # rank 0 holds the run directory's lock for all of them
                 if ctx.is_main:
@@ -103,7 +114,7 @@ def train(
 
             ctx.agree(lock)
             try:
-                return _train(run, fresh, data_dir, dataset, fingerprint, s, cfg, seed, dev)
+                return _train(run, fresh, data_dir, dataset, fingerprint, s, cfg, seed, dev, first)
             except Exception:  # not a kill or Ctrl-C: those keep what they wrote, as the run does
                 if fresh and ctx.is_main:
                     discard_start(run, created)
@@ -113,7 +124,7 @@ def train(
 
 
 def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: dict, s: Session, cfg: Config,
-           seed: int, dev: torch.device) -> dict:
+           seed: int, dev: torch.device, first: FirstTask | None = None) -> dict:
     ctx = s.dist  # rank 0 writes; the others wait for it where they could otherwise exit first
     rows: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
     epochs: dict[str, int] = {}  # task name -> epochs trained (fewer than train.epochs at a plateau)
@@ -127,7 +138,19 @@ def _train(run: RunDir, fresh: bool, data_dir, dataset: Dataset, fingerprint: di
             s.vocab.save(run.file(TOKENIZER))
             save_split(run.file("split.json"), s.tasks, _split_info(cfg))
             run.write_data_fingerprint(fingerprint)
-            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world, epochs, {})  # last: from now on a run
+            _write_run_json(run, data_dir, cfg, seed, dev, [], ctx.world, epochs, {},  # last: from now on a run
+                            None if first is None else str(first.parent.resolve()))
+        if first is not None:  # the first task is the parent's: its state, then this run's checkpoint of it
+            take_first_task(first, s)
+            check_finite(s.model, s.method, f"the end of task {s.tasks[0].name}")
+            rows, epochs, start = first.rows, dict(first.epochs), 1
+            if ctx.is_main:
+                tensors, _ = trainer_state(dev)
+                run.save_checkpoint(s.tasks[0].name, s.model, s.method,
+                                    {"kind": "task", "task": 0, "name": s.tasks[0].name, "rows": rows,
+                                     "epochs": epochs, "validation": s.validation}, tensors)
+                _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, 1)
+            ctx.barrier()
     else:
         start, rows, epochs, partial = ctx.agree(lambda: restore(run, s))  # every rank reads it
         if ctx.is_main:  # after every rank has read the checkpoints
@@ -208,7 +231,12 @@ def _write_progress(run: RunDir, s: Session, cfg: Config, rows: dict, epochs: di
 
 
 def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.device, done: list[str],
-                    processes: int, epochs: dict[str, int], validation: dict[str, list[float]]) -> None:
+                    processes: int, epochs: dict[str, int], validation: dict[str, list[float]],
+                    started_from: str | None = None) -> None:
+    """run.json; ``started_from`` (the parent of a forked run) is kept from the file once written."""
+    if started_from is None and run.is_run():
+        old = run.read_json("run.json")
+        started_from = old.get("started_from") if isinstance(old, dict) else None
     run.write_json("run.json", {
         "factlearn_version": __version__,
         "data": str(Path(data_dir).resolve()),
@@ -220,6 +248,7 @@ def _write_run_json(run: RunDir, data_dir, cfg: Config, seed: int, dev: torch.de
         "epochs": {name: epochs[name] for name in done if name in epochs},  # per task; < train.epochs at a plateau
         "validation": {name: validation[name] for name in done if name in validation},  # top-1 per epoch
         **({"tasks_file": _split_info(cfg)["tasks_file"]} if cfg.split.tasks_file is not None else {}),
+        **({"started_from": started_from} if started_from else {}),  # the first task is this run's (fork.py)
     })
 
 

@@ -205,13 +205,13 @@ def restore(run: RunDir, s: Session) -> tuple[int, dict, dict[str, int], Partial
     epochs: dict[str, int] = {}
     if done:
         folder = run.checkpoint(done[-1])
-        state = _state_of(folder)  # checked before the weights are touched
+        state = checkpoint_state(folder)  # checked before the weights are touched
         rows, epochs = metric_rows(state, folder, names, len(done)), epochs_trained(state, folder)
         s.validation.update(validation_curves(state, folder))
         load_weights(s.model, folder / "model.safetensors")
         s.method.load_state_dict(read_tensors(folder / "method.safetensors"), s.device)
         if (folder / "trainer.safetensors").is_file():  # runs from before it existed: no RNG to restore
-            set_rng_state(_trainer_tensors(folder), s.device)
+            set_rng_state(trainer_tensors(folder), s.device)
     t, found = len(done), run.latest_partial()
     if found is None or t == len(s.tasks) or found[1].get("task") != t or found[1].get("name") != s.tasks[t].name:
         return t, rows, epochs, None
@@ -226,19 +226,19 @@ def restore(run: RunDir, s: Session) -> tuple[int, dict, dict[str, int], Partial
     rows = metric_rows(state, folder, names, t)
     load_weights(s.model, folder / "model.safetensors")
     partial = Partial(folder, epoch, batch, read_tensors(folder / "method.safetensors"),
-                      _trainer_tensors(folder), optimizer, state.get("plateau"))
+                      trainer_tensors(folder), optimizer, state.get("plateau"))
     logger.info("resuming task %s at epoch %d, batch %d from %s", state["name"], epoch + 1, batch, folder)
     return t, rows, epochs, partial
 
 
-def _state_of(folder: Path) -> dict:
+def checkpoint_state(folder: Path) -> dict:
     state = read_json(folder / STATE)
     if not isinstance(state, dict):
         raise UserError(f"{folder / STATE} is malformed: expected a JSON object")
     return state
 
 
-def _trainer_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def trainer_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """trainer.safetensors, its RNG states checked (a wrong one would fail inside torch)."""
     path = folder / "trainer.safetensors"
     tensors = read_tensors(path)
