@@ -39,7 +39,8 @@ from .facts import FactTable
 from .io import atomic_path
 from .model import FactModel
 from .retrieval.index import normalised_rows, sized_options
-from .retrieval.metrics import correct_matrix, first_correct_in_topk, hit_metrics, retrieval_ap
+from .retrieval.metrics import hit_metrics, retrieval_ap
+from .retrieval.truth import GroundTruth
 from .retrieval.sharded import ShardedFactIndex
 from .run import RunDir
 
@@ -123,7 +124,8 @@ def evaluate_view(
     Recognition ranks the candidates per image through a ``index_kind`` ShardedFactIndex (ties by
     candidate order), ``chunk`` images at a time; retrieval ranks the images per candidate by
     the same cosine scores, computed a block of candidates at a time. Both use the wildcard
-    ground truth of :func:`factlearn.retrieval.metrics.correct_matrix`. ``chunk`` bounds memory
+    ground truth of :func:`factlearn.retrieval.metrics.correct_matrix`, computed through integer keys
+    (:class:`factlearn.retrieval.truth.GroundTruth`: no images x candidates matrix). ``chunk`` bounds memory
     and changes no result.
 
     Returns:
@@ -133,10 +135,9 @@ def evaluate_view(
         facts (orders without images left out), and for approximate kinds ``"recall@10"``:
         the mean fraction of the exact top-10 that the index returned.
     """
-    image_facts = [facts[i] for i in view.image_fact_ids]
-    cand_facts = [facts[c] for c in view.candidates]
-    n, n_cand = len(image_facts), len(cand_facts)
-    g = _correct_counts(image_facts, cand_facts, chunk)  # (n,) correct candidates per image
+    truth = GroundTruth.from_ids(facts, view.image_fact_ids, view.candidates)
+    n, n_cand = len(view.image_fact_ids), len(view.candidates)
+    g = truth.counts()  # (n,) correct candidates per image
     # exact top-k with g correct candidates needs the first k + g - 1 positions
     depth = min(n_cand, max(KS) + int(g.max(initial=1)) - 1)
     options = {**sized_options(index_kind, n_cand), **(index_options or {})}
@@ -148,12 +149,13 @@ def evaluate_view(
     for lo in range(0, n, chunk):
         part = slice(lo, lo + chunk)
         _, ranked = index.search(view.image_emb[part], depth)  # (b, depth) positions into candidates
-        first[part] = first_correct_in_topk(ranked, correct_matrix(image_facts[part], cand_facts))  # (b, C) bool
+        hit = truth.at(part, ranked)  # (b, depth) bool
+        first[part] = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
         if exact is not None:
             recall[part] = _recall(ranked[:, :k], exact.search(view.image_emb[part], k)[1])
     result: dict = hit_metrics(first, g, KS)
-    result.update(_retrieval(view, image_facts, cand_facts))
-    orders = np.array([f.order for f in image_facts], dtype=np.int64)
+    result.update(_retrieval(view, truth))
+    orders = truth.level + 1
     result["by_order"] = {str(o): hit_metrics(first[orders == o], g[orders == o], KS) for o in ORDERS
                           if (orders == o).any()}
     if exact is not None:
@@ -166,29 +168,19 @@ def _index(fact_emb: np.ndarray, kind: str, chunk: int, **options: int) -> Shard
                                         fact_emb.shape[1], kind, **options)
 
 
-def _correct_counts(image_facts: list, candidates: list, chunk: int) -> np.ndarray:
-    """(n,) how many candidates are correct for each image, from each distinct fact's row of the
-    ground truth, ``chunk`` distinct facts at a time."""
-    distinct = list(dict.fromkeys(image_facts))
-    counts = {}
-    for lo in range(0, len(distinct), chunk):
-        part = distinct[lo : lo + chunk]
-        counts.update(zip(part, correct_matrix(part, candidates).sum(axis=1)))
-    return np.array([counts[f] for f in image_facts], dtype=np.int64)
-
-
-def _retrieval(view: TaskView, image_facts: list, cand_facts: list) -> dict[str, float]:
+def _retrieval(view: TaskView, truth: GroundTruth) -> dict[str, float]:
     """mAP and mAP@AP_AT over the candidates with a positive image, a block of candidates at a time
     (per candidate, AP ranks all n images: the block's (n, b) scores and ground truth)."""
-    width = max(1, _BLOCK_ELEMENTS // max(1, len(image_facts)))
+    n = len(view.image_fact_ids)
+    width = max(1, _BLOCK_ELEMENTS // max(1, n))
     ap, ap_at = [], []
-    for lo in range(0, len(cand_facts), width):
+    for lo in range(0, len(view.candidates), width):
         cols = slice(lo, lo + width)
-        block = retrieval_ap(view.image_emb @ view.fact_emb[cols].T, correct_matrix(image_facts, cand_facts[cols]),
-                             at=AP_AT)  # scores (n, b)
+        block = retrieval_ap(view.image_emb @ view.fact_emb[cols].T, truth.block(cols), at=AP_AT)  # scores (n, b)
         ap.append(block["ap"])
         ap_at.append(block[f"ap@{AP_AT}"])
-    ap, ap_at = np.concatenate(ap), np.concatenate(ap_at)
+    ap = np.concatenate(ap) if ap else np.empty(0)
+    ap_at = np.concatenate(ap_at) if ap_at else np.empty(0)
     counted = ~np.isnan(ap)  # candidates without a positive image have no AP
     return {"map": float(ap[counted].mean()) if counted.any() else float("nan"),
             f"map@{AP_AT}": float(ap_at[counted].mean()) if counted.any() else float("nan")}
