@@ -19,6 +19,7 @@ Layout::
                           position in the task (epoch, batch), the optimizer's non-tensor
                           values and the plateau's state (train.val_fraction). Only the
                           newest is kept, removed once the task's checkpoint is.
+      diverged.json       only when training diverged (a non-finite loss): the task and the message
       .lock               held (flock) by the process training into the directory; taking it
                           removes the temporaries a killed writer left (factlearn.io)
 
@@ -60,6 +61,7 @@ from .model import FactModel, Vocabulary, create_model
 
 STATE = "state.json"  # written last into a checkpoint folder: marks it complete
 DATA = "data.json"  # the fingerprint of the data trained on
+DIVERGED = "diverged.json"  # training stopped at a non-finite loss (RunDir.mark_diverged)
 RUN_FILES = ("config.yaml", "facts.json", "vocab.json", "split.json", DATA)  # written before run.json
 
 
@@ -201,6 +203,24 @@ class RunDir:
     def tasks(self) -> list[Task]:
         """The run's task sequence (split.json)."""
         return load_split(self.file("split.json"))
+
+    def mark_diverged(self, task: str, message: str) -> None:
+        """Record that training diverged in ``task`` (``diverged.json``): a result of its own (a
+        lambda or learning rate too large for the optimizer), which experiment tools report instead
+        of training the run again. Removed by :meth:`clear_diverged` once the run goes on."""
+        atomic_write_json(self.file(DIVERGED), {"task": task, "message": message})
+
+    def diverged(self) -> dict | None:
+        """``diverged.json`` (the task and the message), or None when the run has not diverged."""
+        path = self.file(DIVERGED)
+        if not path.is_file():
+            return None
+        doc = read_json(path)
+        return doc if isinstance(doc, dict) else {"task": None, "message": "diverged"}
+
+    def clear_diverged(self) -> None:
+        """Forget a divergence (a resumed run that trains on)."""
+        self.file(DIVERGED).unlink(missing_ok=True)
 
     def completed(self) -> list[str]:
         """Names of the tasks whose checkpoint is complete (has its state.json), in training order."""

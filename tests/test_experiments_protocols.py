@@ -319,3 +319,30 @@ def test_a_curve_with_a_missing_seed_picks_nothing(checkout, tmp_path):
     assert "| mas | - | not every λ has every seed yet |" in (plan.out / "tradeoff.md").read_text()
     assert not (checkout / reproduce.CONFIG_DIR / "lambda-modern.yaml").exists()
     assert re.search(r"best: not yet", (plan.out / "mas.md").read_text())
+
+
+def test_a_diverged_lambda_is_a_result_never_picked(checkout, tmp_path):
+    """A run that diverged (diverged.json) counts as done: the curve is complete, the lambda is
+    shown as diverged, never picked, and the run is not trained again."""
+    from factlearn.experiments import execute
+    from factlearn.run import RunDir
+
+    exp = config.load_experiments(checkout / reproduce.CONFIG_DIR / "experiments.yaml")
+    faithful = load_protocol(exp, "faithful")
+    grids = {"si": [0.1, 1.0, 3.0]}
+    plan, _ = sweep.sweep_plan(exp, faithful, grids, "quick", 1, tmp_path / "sweep", "random", 2, 0.2)
+    for run in plan.runs.values():
+        if run.variant == "si-lam3":
+            _write_run(plan.run_dir(run), run.method, [[0.9, 0.0]], tasks=["B1", "B2"])  # B1 only
+            RunDir(plan.run_dir(run)).mark_diverged("B2", "training diverged on task B2 (step 11)")
+        else:
+            b1 = 0.7 if run.variant == "si-lam1" else 0.5
+            _write_run(plan.run_dir(run), run.method, [[0.9, 0.0], [b1, 0.8]])
+    args = argparse.Namespace(metric="top1", val_fraction=0.2, split="random", tasks=2, seeds=1)
+    sweep.write_sweep(plan, exp, grids, args, "x")
+    page = (plan.out / "tradeoff.md").read_text()
+    assert "| si | 1 | 75.0 |" in page and "| si | 3 | - | - | diverged (1 seed) |" in page
+    lambdas = yaml.safe_load((checkout / reproduce.CONFIG_DIR / "lambda-faithful.yaml").read_text())
+    assert lambdas["quick"]["si"]["lam"] == 1.0
+    outcome = execute.execute(plan, [plan.runs["random2/seed0/si-lam3"]], 1, "cpu")[0]
+    assert outcome.status == "diverged" and "B2" in outcome.message  # not trained again

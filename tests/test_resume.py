@@ -236,6 +236,8 @@ def test_diverged_loss_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, tin
     assert "diverged on task B2 (step 3)" in r.output and "B2-step000002" in r.output, r.output
     assert (out / "partial" / "B2-step000002" / "state.json").is_file()
     assert factlearn.run.RunDir(out).completed() == ["B1"]
+    # recorded as a result (experiment tools report it instead of training it again)
+    assert factlearn.run.RunDir(out).diverged()["task"] == "B2"
 
 
 def test_non_finite_parameters_are_never_checkpointed(monkeypatch, tmp_path, tiny_world, cfg_path):

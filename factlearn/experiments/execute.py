@@ -73,6 +73,15 @@ def run_complete(run_dir: Path) -> bool:
     return metrics is not None and metrics.complete()
 
 
+def run_diverged(run_dir: Path) -> dict | None:
+    """The divergence a run recorded (diverged.json: its task and message), None if it has none.
+    A diverged run is a result (its lambda is too large for the optimizer): it is not trained again."""
+    try:
+        return RunDir(run_dir).diverged()
+    except UserError:
+        return None
+
+
 def read_metrics(run_dir: Path) -> Metrics | None:
     """A run's metrics.json, None when it has none yet (or an unreadable one: the run is not done)."""
     try:
@@ -119,7 +128,7 @@ class Outcome:
     """What became of a run in :func:`execute`."""
 
     run: RunSpec
-    status: str  # "trained", "resumed", "probed", "skipped" (all done already), "failed", "interrupted"
+    status: str  # "trained", "resumed", "probed", "skipped" (all done already), "diverged", "failed", "interrupted"
     train_s: float = 0.0  # wall seconds of training
     train_cpu_s: float = 0.0  # CPU seconds of the training process (what a busy machine does not inflate)
     probe_s: float = 0.0
@@ -153,15 +162,20 @@ def execute(plan: Plan, runs: list[RunSpec], jobs: int, device: str) -> list[Out
         log = plan.log_file(run.id)
         out = Outcome(run, "skipped")
         t0 = time.perf_counter()
-        if not run_complete(plan.run_dir(run)):
+        diverged = run_diverged(plan.run_dir(run))
+        if diverged is not None and not run_complete(plan.run_dir(run)):
+            out.status, out.message = "diverged", f"in {diverged.get('task')} (recorded; not trained again)"
+        elif not run_complete(plan.run_dir(run)):
             cmd = train_command(plan, run, device, usable_parent(plan, run))
             out.status = "resumed" if "--resume" in cmd else "trained"
             rc, out.train_cpu_s = call(cmd, log, env)
             out.train_s = time.perf_counter() - t0
-            if rc != 0 or not run_complete(plan.run_dir(run)):
+            if rc != 0 and run_diverged(plan.run_dir(run)) is not None:
+                out.status, out.message = "diverged", f"see {log}"
+            elif rc != 0 or not run_complete(plan.run_dir(run)):
                 out.status, out.message = "failed", f"train exited with {rc}; see {log}"
         t1 = time.perf_counter()
-        for view in run.probes if out.status != "failed" else ():
+        for view in run.probes if out.status not in ("failed", "diverged") else ():
             if read_probe(plan, run, view) is not None or stop.is_set():
                 continue
             out.status = "probed" if out.status == "skipped" else out.status

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..results import PROTOCOLS, Metrics
 from .config import SuiteSpec
-from .execute import read_metrics, read_probe
+from .execute import read_metrics, read_probe, run_diverged
 from .plan import Plan
 
 METRICS = ("top1", "top5")  # the metrics the tables and plots show
@@ -38,19 +38,23 @@ class SuiteResults:
     seeds: dict[str, list[int]] = field(default_factory=dict)  # entry label -> the seed of each metrics
     probe_seeds: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> view -> seeds
     variants: dict[str, str] = field(default_factory=dict)  # entry label -> its runs' variant
+    diverged: dict[str, list[int]] = field(default_factory=dict)  # entry label -> seeds whose run diverged
 
 
 def collect(plan: Plan, suite: str) -> SuiteResults:
-    """The results of a suite's complete runs (incomplete and missing ones are left out)."""
+    """The results of a suite's complete runs (incomplete and missing ones are left out; the seeds
+    whose run diverged are listed apart, :attr:`SuiteResults.diverged`)."""
     seq, entries = plan.suites[suite]
     res = SuiteResults([], {}, {}, {})
     for e in entries:
         res.metrics[e.label], res.probes[e.label], res.seeds[e.label] = [], {}, []
-        res.probe_seeds[e.label], res.variants[e.label] = {}, e.variant
+        res.probe_seeds[e.label], res.variants[e.label], res.diverged[e.label] = {}, e.variant, []
         for seed in plan.seeds:
             run = plan.runs[f"{seq}/seed{seed}/{e.variant}"]
             metrics = read_metrics(plan.run_dir(run))
             if metrics is None or not metrics.complete():
+                if run_diverged(plan.run_dir(run)) is not None:
+                    res.diverged[e.label].append(seed)
                 continue
             res.tasks = metrics.tasks
             res.metrics[e.label].append(metrics)

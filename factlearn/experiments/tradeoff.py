@@ -51,11 +51,15 @@ class Point:
     new: Cell  # the last task's accuracy after it
     tasks: list[float | None]  # each task's final accuracy, averaged over seeds (None: no seed yet)
     seeds: int  # how many seeds it has
+    diverged: int = 0  # how many seeds diverged (a lambda too large for the optimizer: never picked)
 
     @property
     def score(self) -> float | None:
-        """The rule's score: the mean over tasks (None while a task has no value)."""
-        return None if not self.tasks or None in self.tasks else statistics.fmean(self.tasks)
+        """The rule's score: the mean over tasks (None while a task has no value, or when a seed
+        diverged)."""
+        if self.diverged or not self.tasks or None in self.tasks:
+            return None
+        return statistics.fmean(self.tasks)
 
 
 def curve(res: SuiteResults, lams: Mapping[str, float | None], proto: str = "standard",
@@ -69,16 +73,23 @@ def curve(res: SuiteResults, lams: Mapping[str, float | None], proto: str = "sta
         runs, seeds = res.metrics[label], res.seeds[label]
         old = Cell.of(seeds, [statistics.fmean(m.final(proto)[t][metric] for t in old_tasks) if old_tasks
                               else None for m in runs])
-        points.append(Point(label, lams.get(label), old, cells[last], [cells[t].mean for t in res.tasks], len(runs)))
+        points.append(Point(label, lams.get(label), old, cells[last], [cells[t].mean for t in res.tasks], len(runs),
+                            len(res.diverged.get(label, ()))))
     return sorted(points, key=lambda p: -1.0 if p.lam is None else p.lam)
 
 
 def chosen(points: list[Point], seeds: int) -> Point | None:
     """The point :func:`pick_lambda` picks among those with every seed; None until every lambda
-    of the curve has them all (or for a method without lambda)."""
-    if not points or any(p.lam is None or p.seeds < seeds or p.score is None for p in points):
+    of the curve has them all (or for a method without lambda). A lambda at which a seed diverged
+    counts as done but is never picked (None when every lambda diverged)."""
+    if not points or any(p.lam is None or p.seeds + p.diverged < seeds for p in points):
         return None
-    lam = pick_lambda({p.lam: p.tasks for p in points})
+    if any(p.score is None and not p.diverged for p in points):
+        return None
+    finite = {p.lam: p.tasks for p in points if not p.diverged}
+    if not finite:
+        return None
+    lam = pick_lambda(finite)
     return next(p for p in points if p.lam == lam)
 
 
@@ -88,7 +99,8 @@ def tradeoff_table(curves: dict[str, list[Point]], picked: dict[str, Point | Non
     for name, points in curves.items():
         for p in points:
             mark = "*" if picked.get(name) is p else ""
-            mean = "-" if p.score is None else f"{100 * p.score:.1f}"
+            mean = f"diverged ({p.diverged} seed{'s' * (p.diverged > 1)})" if p.diverged else \
+                "-" if p.score is None else f"{100 * p.score:.1f}"
             rows.append([name, "-" if p.lam is None else f"{p.lam:g}{mark}", p.old.text(), p.new.text(), mean])
     return md_table(["method", "λ", f"{old} (old)", f"{new} (new)", "mean over tasks"], rows)
 

@@ -197,6 +197,8 @@ def _train_tasks(run: RunDir, s: Session, cfg: Config, start: int, partial, rows
                 check_finite(s.model, s.method, f"the end of task {name}")
             except Diverged as exc:
                 kept = f"the last good checkpoint is kept: {last_good}" if last_good else "no checkpoint was written"
+                if ctx.is_main and last_good is not None:  # a result to report, not a run to retry
+                    run.mark_diverged(name, str(exc))
                 raise ctx.error(f"{exc} Stopped; {kept}.") from None
             if ctx.is_main:
                 with phase(f"evaluate after {name} ({', '.join(PROTOCOLS)} protocols)", s.progress):
@@ -207,6 +209,7 @@ def _train_tasks(run: RunDir, s: Session, cfg: Config, start: int, partial, rows
                                                                           "rows": rows, "epochs": epochs,
                                                                           "validation": s.validation}, tensors)
                 run.clear_partials()
+                run.clear_diverged()  # a run resumed past the task it once diverged in
                 doc = _write_progress(run, s, cfg, rows, epochs, data_dir, seed, dev, t + 1)
                 log.task_end(steps_before(s, t + 1, epochs), doc, t + 1, s.method.state)
                 final = doc["final"]
