@@ -14,18 +14,22 @@ from .errors import UserError
 
 @click.command(short_help="Render the built-in world of fact images.")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["small", "6ds", "base"]), default="small", show_default=True,
-              help="World preset: small (demo), 6ds (reference scale), base (a world to pretrain on; see --exclude).")
+@click.option("--preset", type=click.Choice(["small", "6ds", "base", "lsc"]), default="small", show_default=True,
+              help="World preset: small (demo), 6ds (reference scale), base (a world to pretrain on; see --exclude), "
+                   "lsc (the large world: LSC scale, 200,000 facts x 4 images at 32 px, a far larger vocabulary).")
 @click.option("--seed", type=SEED, default=None, help="Seed (default: the preset's; 0, base 1000).")
-@click.option("--facts", type=int, default=None, help="Number of facts (default: the preset's).")
+@click.option("--facts", type=int, default=None,
+              help="Number of facts (default: the preset's; with lsc, a smaller large world for benchmarks).")
 @click.option("--images-per-fact", type=int, default=None, help="Images per fact (default: the preset's).")
 @click.option("--size", type=int, default=None, help="Image side in pixels (default: the preset's).")
 @click.option("--style", default="clean", show_default=True,
               help="Rendering style: clean, dark, blur, noise or background (same facts and splits, other pixels).")
-@click.option("--topic", is_flag=True, help="Make about 10% of the facts a visually distinctive group, 'topic'.")
+@click.option("--topic", is_flag=True,
+              help="Make about 10% of the facts a visually distinctive group, 'topic' (not with lsc).")
 @click.option("--exclude", type=click.Path(path_type=Path), multiple=True,
               help="A data directory none of whose facts the world may show (repeatable; e.g. for --preset base).")
-@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--workers", type=int, default=None,
+              help="Processes (default: all cores); the output is the same for any number.")
 def synth(out_dir: Path, preset: str, seed, facts, images_per_fact, size, style, topic, exclude, workers) -> None:
     """Render the built-in world of fact images into OUT_DIR (same seed, same bytes; see data/README.md)."""
     from .data.synth import generate_world

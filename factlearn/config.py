@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 # Keys that once existed and did nothing: accepted (and dropped, with a warning) so that older
 # config files and run directories still load.
 RETIRED = {
-    "train.num_workers": "images are decoded into memory once; there are no loader workers",
+    "train.num_workers": "images are decoded once into a memory-mapped store (data/store.py); there are no loader workers",
 }
 
 

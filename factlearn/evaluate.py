@@ -13,8 +13,10 @@ mAP, mAP@100), and optionally write the embeddings out (:func:`export_views`).
 Memory does not grow with the test set beyond its embeddings: images are embedded, and searched,
 ``chunk`` at a time; the (n, C) ground truth and score matrices exist only ``chunk`` rows (search)
 or ``_BLOCK_ELEMENTS / n`` columns (retrieval) at a time. What is held whole is the embeddings,
-n x D float32 (0.75 KB per image at D = 192; the uint8 images the caller holds are 16 times
-that at 64 px), because a fact's AP ranks all n images at once. The fact index is sharded
+n x D float32 (0.75 KB per image at D = 192), because a fact's AP ranks all n images at once. The
+uint8 images (16 times that at 64 px) are read a chunk at a time from what the caller passes: a
+tensor, or an :class:`~factlearn.data.store.ImageStore` (a view of the data set's memory-mapped
+store, so a large test set is never resident at once). The fact index is sharded
 (:mod:`factlearn.retrieval.sharded`). Chunking changes no metric: they are computed once from
 per-image results.
 """
@@ -30,9 +32,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.images import load_images
+from .data.images import open_images
 from .data.manifest import load_dataset
 from .data.splits import Task, image_splits
+from .data.store import ImageStore
 from .device import resolve_device
 from .errors import UserError
 from .facts import FactTable
@@ -83,12 +86,13 @@ class TaskView:
 
 
 def embed_test_set(
-    model: FactModel, facts: FactTable, images: torch.Tensor, batch_size: int = 256, chunk: int = CHUNK
+    model: FactModel, facts: FactTable, images: torch.Tensor | ImageStore, batch_size: int = 256, chunk: int = CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed the test images and the whole fact table once, for every task and protocol.
 
     Args:
-        images: (N, 3, H, W) uint8 test images of all tasks.
+        images: (N, 3, H, W) uint8 test images of all tasks: a tensor, or an ImageStore read a
+            chunk at a time.
         batch_size: images per forward pass; chunk: images (rounded up to whole batches) and facts
             embedded per call, so only the (N, D) embeddings grow with N.
     Returns:
@@ -201,7 +205,7 @@ def evaluate_tasks(
     model: FactModel,
     facts: FactTable,
     tasks: Sequence[Task],
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     image_fact_ids: np.ndarray,
     trained: int,
     protocol: str | Sequence[str] = "standard",
@@ -216,7 +220,8 @@ def evaluate_tasks(
     (the training loop calls it on the model in memory, :func:`evaluate_run` on a checkpoint).
 
     Args:
-        images: (N, 3, H, W) uint8 test images of all tasks; image_fact_ids: (N,) their fact ids.
+        images: (N, 3, H, W) uint8 test images of all tasks (a tensor, or an ImageStore read a chunk
+            at a time); image_fact_ids: (N,) their fact ids.
         trained: how many tasks the model has been trained on (for the generalized protocol).
         protocol: ``"standard"`` or ``"generalized"`` candidates (:func:`candidates_for`), or a
             sequence of them: the images are embedded once for all of them.
@@ -296,7 +301,8 @@ def evaluate_run(
         fact_ids = np.array(facts.ids([r.fact for r in dataset.records]), dtype=np.int64)
     else:
         raise ValueError(f"images must be 'test' or 'all', not {images!r}")
-    pixels = load_images([dataset.records[i].image for i in rows], cfg.model.image_size)
+    # The data set's store, the one training mapped (viewed at these rows), or these rows in memory.
+    pixels = open_images([r.image for r in dataset.records], cfg.model.image_size, data_dir=dataset.root, rows=rows)
     out: dict[str, dict] = {}
     for name in names:
         model, _ = run.load_model(name, dev)

@@ -183,3 +183,36 @@ def test_nproc_is_refused_inside_torchrun(monkeypatch, tiny_world, cfg_path, tmp
                                   str(tmp_path / "x"), "--nproc", "2"])
     assert r.exit_code == 2 and "already started by torchrun" in r.output, r.output
     assert not (tmp_path / "x").exists()
+
+
+# --- the several-machines form of torchrun (docs/scaling.md), as one machine of one -----------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rendezvous", [
+    "c10d",  # the documented form: the same command on every machine, node ranks from the rendezvous
+    pytest.param("static", marks=pytest.mark.slow),  # --node-rank per machine, --master-addr/--master-port
+])
+def test_the_multi_machine_torchrun_form_trains_on_one_machine(tmp_path, tiny_world, cfg_path, rendezvous):
+    """~12 s on 2 cores each."""
+    port = free_port()
+    if rendezvous == "c10d":
+        launch = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "factlearn-test"]
+    else:
+        launch = ["--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    out = tmp_path / "run"
+    args = ["train", "--data", tiny_world, "--config", cfg_path, "--tasks", "2", "--device", "cpu", "--out", out]
+    done = run_cli(args, ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", *launch,
+                          "-m", "factlearn"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run written to") == 1  # rank 0 alone reports
+    run = json.loads((out / "run.json").read_text())
+    assert run["processes"] == 2 and run["completed"] == ["B1", "B2"]
+    assert not (out / "partial").exists()

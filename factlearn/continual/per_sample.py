@@ -260,7 +260,7 @@ def _covered_abs_grad_sum(
                 # The edge into the layer's own backward node, taken now: an in-place op further on
                 # (``x += residual``, ReLU(inplace=True)) gives the output tensor a new node, but the
                 # gradient wanted is the one with respect to the layer's output.
-                calls.append((path, x.detach(), get_gradient_edge(output)))
+                calls.append((path, x.detach(), get_gradient_edge(output)))  # noqa: F821 (defined above; the del further down confuses ruff)
 
         return hook
 

@@ -1,16 +1,30 @@
-"""Safe image decoding and an in-memory image store.
+"""Safe image decoding, and where a data set's decoded images live.
 
 Images are decoded once, converted to RGB (grayscale, RGBA, palette and 16-bit images all work),
-resized to the model's input size and kept as uint8 tensors: the fact worlds are small enough to
-fit in memory, and decoding PNGs every epoch would starve the model on two cores.
+resized to the model's input size and kept as uint8 (N, 3, S, S): decoding PNGs every epoch would
+starve the model on two cores.
 
-Decoding a world still takes a while in every process that loads it (docs/performance.md has
-the figures), which adds up over many runs of one data set (a lambda
-sweep, a reproduction). With a cache folder (``load_images(cache_dir=...)`` or the environment
-variable ``FACTLEARN_IMAGE_CACHE``) the decoded array is written there once as ``.npy`` and read
-back by later calls with the same files and size. The key covers each file's resolved path, size in
-bytes and modification time, so a changed or replaced image is decoded again; a cache file that
-cannot be read is decoded again and rewritten, and one that cannot be written is only a warning.
+Where the decoded array lives (:func:`open_images`, which returns a
+:class:`~factlearn.data.store.ImageStore` that training and evaluation index batch by batch):
+
+- A store file in a cache folder (:mod:`factlearn.data.store`), memory-mapped read-only, so a
+  process's own memory does not grow with the data set and every process and DDP rank of one
+  data set shares one copy. The folder is ``cache_dir`` if given, else the environment variable
+  ``FACTLEARN_IMAGE_CACHE`` (the experiment code sets it to ``OUT/cache``), else the data
+  directory's own ``.factlearn-cache/`` when the caller names the data directory (training and
+  evaluation do). That default is what a user expects of a large data set: ``factlearn train`` on
+  800,000 images works in bounded memory without a setting, and later runs skip the decoding. It
+  lives next to the data it copies (deleted or moved with it; seen at the same path by every
+  machine of a multi-machine run, which needs the data there), not in a home folder that may be
+  small or per machine.
+- Memory, as one array per process: with ``FACTLEARN_IMAGE_CACHE=off``, for callers that name no
+  data directory and no cache folder (a handful of query images, unlabeled importance data), and
+  when the store cannot be written (a read-only data directory, a full disk: a warning says so).
+
+The store's key covers each file's resolved path, size in bytes and modification time, and the
+size, so a changed or replaced image is decoded again into a new store; a store file that cannot be
+read is decoded again and rewritten. Old stores are not removed: the folder holds only copies, and
+deleting it (or any file in it) is always safe when no run is using it.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..io import atomic_path
+from .store import DATA_CACHE_DIR, ImageStore, open_or_build
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +50,7 @@ MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL warns at ~89M, errors
 MEAN = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
 STD = torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1)
 CACHE_ENV = "FACTLEARN_IMAGE_CACHE"
+CACHE_OFF = "off"  # FACTLEARN_IMAGE_CACHE=off: no store, the images are decoded into memory
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what a folder of images holds
 _CACHE_FORMAT = 1  # part of the key: bump when decoding changes what it returns
 
@@ -119,6 +134,53 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def open_images(
+    paths: Sequence[str | Path],
+    size: int,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+    cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    rows: Sequence[int] | np.ndarray | None = None,
+) -> ImageStore:
+    """The images decoded once, as a store indexed batch by batch: ``store[idx]`` is a uint8
+    tensor (b, 3, size, size), the same pixels wherever they live (see the module docstring).
+
+    Args:
+        paths: image files; a missing or unreadable one is a UserError naming it.
+        size: side of the square output.
+        workers: decoding threads (PIL releases the GIL).
+        progress: called with the number of images done, as they are done (all at once when the
+            store already exists).
+        cache_dir: the store folder; default ``FACTLEARN_IMAGE_CACHE`` (``off``: none).
+        data_dir: the data directory of ``paths``, whose ``.factlearn-cache/`` is the store folder
+            when neither of the above names one; None: memory then.
+        rows: only these positions of ``paths`` are wanted (the test images): the store of all of
+            ``paths`` is opened and viewed, so every user of a data set shares one file, while in
+            memory only these are decoded.
+    Returns:
+        An :class:`~factlearn.data.store.ImageStore` of ``len(paths)`` images, or of ``len(rows)``.
+    """
+    folder = store_folder(cache_dir, data_dir)
+    if folder is not None and len(paths):
+        shape = (len(paths), 3, size, size)
+        decoded = []
+
+        def fill(out: np.ndarray, start: int) -> None:
+            decoded.append(len(out))
+            _decode_into(out, paths[start : start + len(out)], size, workers, progress)
+
+        store = open_or_build(_cache_file(folder, paths, size), shape, fill)
+        if store is not None:
+            if not decoded and progress is not None:
+                progress(len(paths))
+            return store if rows is None else store.take(rows)
+    wanted = paths if rows is None else [paths[i] for i in np.asarray(rows, dtype=np.int64).reshape(-1)]
+    out = np.empty((len(wanted), 3, size, size), dtype=np.uint8)
+    _decode_into(out, wanted, size, workers, progress)
+    return ImageStore(out)
+
+
 def load_images(
     paths: Sequence[str | Path],
     size: int,
@@ -126,49 +188,38 @@ def load_images(
     progress: Callable[[int], None] | None = None,
     cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
-    """Decode many images in threads (PIL releases the GIL); returns (N, 3, size, size) uint8.
+    """The images as one in-memory tensor (N, 3, size, size) uint8, read from the store when a
+    cache folder is set (``cache_dir`` or ``FACTLEARN_IMAGE_CACHE``), else decoded; for image sets
+    that fit in memory (unlabeled importance data). Data sets go through :func:`open_images`.
+    Arguments as there."""
+    return open_images(paths, size, workers, progress, cache_dir).tensor()
 
-    Args:
-        paths: image files; a missing or unreadable one is a UserError naming it.
-        size: side of the square output.
-        workers: decoding threads.
-        progress: called with the number of images done, as they are done.
-        cache_dir: folder of decoded arrays (see the module docstring); default the environment
-            variable ``FACTLEARN_IMAGE_CACHE``, and no cache when neither is set.
-    """
-    cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
-    cached = _cache_file(Path(cache_dir), paths, size) if cache_dir and len(paths) else None
-    if cached is not None and cached.is_file():
-        try:
-            arr = np.load(cached, allow_pickle=False)
-            if arr.shape == (len(paths), 3, size, size) and arr.dtype == np.uint8:
-                if progress is not None:
-                    progress(len(paths))
-                return torch.from_numpy(arr)
-            logger.warning("image cache %s holds %s %s, not %d images: decoding again", cached, arr.shape, arr.dtype, len(paths))
-        except (OSError, ValueError) as exc:
-            logger.warning("image cache %s is unreadable (%s): decoding again", cached, exc)
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+
+def store_folder(cache_dir: str | Path | None = None, data_dir: str | Path | None = None) -> Path | None:
+    """The folder of the image stores: ``cache_dir``, else ``FACTLEARN_IMAGE_CACHE`` (``off``: none),
+    else ``data_dir/.factlearn-cache``; None: the images are held in memory."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV) or None
+    if chosen is not None:
+        return None if str(chosen) == CACHE_OFF else Path(chosen)
+    return Path(data_dir) / DATA_CACHE_DIR if data_dir is not None else None
+
+
+def _decode_into(out: np.ndarray, paths: Sequence[str | Path], size: int, workers: int,
+                 progress: Callable[[int], None] | None) -> None:
+    """Decode ``paths`` into ``out`` (n, 3, size, size) uint8 (an array, or a slice of a store's map)
+    in threads, each image into its own row."""
 
     def work(i: int) -> None:
-        out[i] = torch.from_numpy(load_image(paths[i], size)).permute(2, 0, 1)
+        out[i] = load_image(paths[i], size).transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S)
         if progress is not None:
             progress(1)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(work, range(len(paths))))
-    if cached is not None:
-        try:
-            with atomic_path(cached) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, out.numpy(), allow_pickle=False)
-        except OSError as exc:
-            logger.warning("cannot write the image cache %s: %s", cached, exc)
-    return out
 
 
 def _cache_file(folder: Path, paths: Sequence[str | Path], size: int) -> Path:
-    """The cache file of these images at this size: a hash of every file's resolved path, size
+    """The store file of these images at this size: a hash of every file's resolved path, size
     in bytes and modification time (a missing file is decoded, and reported, as usual)."""
     h = hashlib.sha256(f"factlearn-images/{_CACHE_FORMAT}/{size}/{len(paths)}".encode())
     for p in paths:

@@ -12,7 +12,11 @@ rows, ids and scores; ``"hnsw"`` and ``"ivf"`` shards merge their own approximat
 
 GPUs: where the installed faiss has GPU support (``faiss.StandardGpuResources``) and sees a GPU,
 flat and IVF shards are moved onto the GPUs, round-robin (HNSW has no GPU version and stays on
-the CPU); otherwise every shard is a CPU index. Only the CPU path is tested here (faiss-cpu).
+the CPU). Where it has none (faiss-cpu) but torch sees CUDA GPUs, flat shards are searched by
+torch on the GPUs instead, round-robin (:class:`~factlearn.retrieval.torch_search.TorchFlatSearch`:
+the same ids, scores to float rounding); ``device=`` asks for that torch search explicitly, on one
+device, CPU included. Otherwise every shard is a CPU FAISS index. Only CPU paths are tested here
+(faiss-cpu); the torch search's CUDA tests run where a GPU is (``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Iterable
 
 import faiss
 import numpy as np
+import torch
 
-from .index import FactIndex
+from .index import FactIndex, _resolve_options
+from .torch_search import TorchFlatSearch
 
 logger = logging.getLogger(__name__)
 
@@ -42,29 +48,38 @@ class ShardedFactIndex:
         dim: embedding dimension D.
         kind: ``"flat"``, ``"hnsw"`` or ``"ivf"``, for every shard (see FactIndex).
         shard_size: facts per shard.
-        gpu: put flat and IVF shards on GPUs; default: when faiss has GPU support and sees a GPU.
+        gpu: put flat and IVF shards on GPUs with faiss; default: when faiss has GPU support and
+            sees a GPU. ``False``: no GPU at all (not torch's either).
+        device: search flat shards with torch on this device (``"cpu"``, ``"cuda"``, ``"cuda:1"``)
+            instead of FAISS. Default: on every CUDA GPU torch sees, round-robin, when ``kind`` is
+            ``"flat"``, faiss has no GPU support and ``gpu`` is not ``False``; else FAISS.
         **options: per-kind options, passed to every shard's FactIndex.
     """
 
     def __init__(self, dim: int, kind: str = "flat", shard_size: int = DEFAULT_SHARD_SIZE, gpu: bool | None = None,
-                 **options: int):
+                 *, device: str | torch.device | None = None, **options: int):
         if shard_size < 1:
             raise ValueError(f"shard_size: expected a positive number of facts, got {shard_size}")
         self.dim, self.kind, self.shard_size, self.options = dim, kind, shard_size, options
         self.gpus = gpu_count() if gpu is None or gpu else 0
         if gpu and not self.gpus:
             raise ValueError("gpu=True: this faiss has no GPU support or sees no GPU")
+        self.devices = _torch_devices(kind, device, gpu, self.gpus)  # torch flat search; [] = FAISS
+        if self.devices:
+            self.gpus = 0
+            _resolve_options(kind, options)  # "flat" takes none: the same error as FactIndex's
         self._resources: dict[int, object] = {}  # GPU number -> faiss.StandardGpuResources
-        self.shards: list[FactIndex] = []
+        self.shards: list[FactIndex | TorchFlatSearch] = []
         self._pending: list[np.ndarray] = []  # rows of the shard being filled, (n_i, D) float32 each
         self._ids: list[np.ndarray] = []  # the caller's fact ids of the rows added, chunk by chunk
         self._built = 0  # rows already in self.shards
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[np.ndarray], dim: int, kind: str = "flat",
-                    shard_size: int = DEFAULT_SHARD_SIZE, gpu: bool | None = None, **options: int) -> ShardedFactIndex:
+                    shard_size: int = DEFAULT_SHARD_SIZE, gpu: bool | None = None, *,
+                    device: str | torch.device | None = None, **options: int) -> ShardedFactIndex:
         """An index over the rows of ``chunks`` ((n_i, D) arrays), added one after another."""
-        index = cls(dim, kind, shard_size, gpu, **options)
+        index = cls(dim, kind, shard_size, gpu, device=device, **options)
         for chunk in chunks:
             index.add(chunk)
         return index
@@ -128,12 +143,36 @@ class ShardedFactIndex:
 
     def _build(self, rows: np.ndarray) -> None:
         # The shard's ids are global row numbers; search maps them to the caller's ids.
-        shard = FactIndex(rows, np.arange(self._built, self._built + len(rows)), self.kind, **self.options)
-        if self.gpus and self.kind in ("flat", "ivf"):
-            device = len(self.shards) % self.gpus
-            if device not in self._resources:
-                self._resources[device] = faiss.StandardGpuResources()
-            shard.index = faiss.index_cpu_to_gpu(self._resources[device], device, shard.index)
+        global_rows = np.arange(self._built, self._built + len(rows))
+        shard: FactIndex | TorchFlatSearch
+        if self.devices:
+            shard = TorchFlatSearch(rows, global_rows, self.devices[len(self.shards) % len(self.devices)])
+        else:
+            shard = FactIndex(rows, global_rows, self.kind, **self.options)
+            if self.gpus and self.kind in ("flat", "ivf"):
+                device = len(self.shards) % self.gpus
+                if device not in self._resources:
+                    self._resources[device] = faiss.StandardGpuResources()
+                shard.index = faiss.index_cpu_to_gpu(self._resources[device], device, shard.index)
         self.shards.append(shard)
         self._built += len(rows)
-        logger.debug("built %s shard %d of %d facts", self.kind, len(self.shards), len(rows))
+        logger.debug("built %s shard %d of %d facts (%s)", self.kind, len(self.shards), len(rows),
+                     shard.device if self.devices else "faiss")
+
+
+def _torch_devices(kind: str, device: str | torch.device | None, gpu: bool | None,
+                   faiss_gpus: int) -> list[torch.device]:
+    """The devices of torch's flat search, one per shard round-robin; [] where FAISS searches."""
+    if device is None:
+        # torch takes over only what faiss-cpu cannot do: exact search on CUDA GPUs.
+        if kind != "flat" or gpu is False or faiss_gpus or not torch.cuda.is_available():
+            return []
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if kind != "flat":
+        raise ValueError(f"device={device!r}: torch search is exact search, for kind 'flat' only, not {kind!r}")
+    if gpu:
+        raise ValueError(f"device={device!r} and gpu=True: pass one (torch search or faiss GPU search)")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
+    return [device]

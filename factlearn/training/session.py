@@ -1,7 +1,8 @@
 """The training session: everything a run holds in memory, and the data each stage trains on.
 
-A :class:`Session` decodes the data once, cuts the task sequence and the test images, builds the
-model and the method, and hands out per-task views of the data: the rows of a task, the labels
+A :class:`Session` decodes the data once (into the data set's memory-mapped image store, shared by
+every rank and run: :func:`factlearn.data.images.open_images`), cuts the task sequence and the test
+images, builds the model and the method, and hands out per-task views of the data: the rows of a task, the labels
 with the wildcard rule, the :class:`factlearn.continual.TaskData` methods compute their state
 from, and the optimizer. The loop that trains a task is :mod:`factlearn.training.task`.
 """
@@ -16,7 +17,7 @@ import torch
 from ..config import Config
 from ..continual import Method, TaskData, create_method
 from ..continual.unlabeled import image_paths
-from ..data.images import load_images, to_model_input
+from ..data.images import open_images, to_model_input
 from ..data.manifest import Dataset
 from ..data.splits import Task, image_splits, load_tasks_file, make_split
 from ..distributed import SINGLE, Context
@@ -30,9 +31,14 @@ from .provenance import check_pretraining
 
 
 class Session:
-    """Everything a run holds in memory: data (decoded once), split, model, method.
+    """Everything a run holds: data (decoded once), split, model, method.
 
-    ``dist``: this process's rank among those training together (every rank holds all of it).
+    ``images`` is an :class:`~factlearn.data.store.ImageStore`: ``images[rows]`` is a uint8 batch
+    (b, 3, S, S), read from the store file every process maps (or from memory without a store);
+    nothing here needs all the images resident at once.
+
+    ``dist``: this process's rank among those training together (every rank holds all of it but
+    the images, which the ranks share through the store).
     """
 
     def __init__(self, dataset: Dataset, cfg: Config, seed: int, device: torch.device, progress: bool,
@@ -72,7 +78,8 @@ class Session:
         self.vocab = Vocabulary.from_facts(dataset.facts.facts)  # the words of factlearn.model.vocab's rule
         self.tokens, self.slot_mask = self.vocab.encode(dataset.facts.facts)  # (F, 3, L), (F, 3)
         with progress_bar(len(dataset.records), "decode images", "img", disable=not progress, leave=False) as bar:
-            self.images = load_images([r.image for r in dataset.records], cfg.model.image_size, progress=bar.update)
+            self.images = open_images([r.image for r in dataset.records], cfg.model.image_size, progress=bar.update,
+                                      data_dir=dataset.root)
         torch.manual_seed(seed)
         self.model: FactModel = create_model(cfg.model, self.vocab).to(device)
         self.method: Method = create_method(cfg.method)
@@ -132,8 +139,8 @@ class Session:
         score = 0.0
         if self.dist.is_main:
             rows = np.flatnonzero(np.isin(self.fact_ids, task.facts) & self.is_val)
-            score = evaluate_tasks(self.model, self.dataset.facts, [task], self.images[rows], self.fact_ids[rows], 1,
-                                   "standard", self.cfg.eval.batch_size)[task.name]["top1"]
+            score = evaluate_tasks(self.model, self.dataset.facts, [task], self.images.take(rows), self.fact_ids[rows],
+                                   1, "standard", self.cfg.eval.batch_size)[task.name]["top1"]
         return self.dist.all_sum([score])[0]
 
     def labels(self, facts: list[int], rows: np.ndarray) -> tuple[torch.Tensor, Wildcards]:
@@ -201,7 +208,7 @@ class Session:
         index; the test images are embedded once for all protocols."""
         rows = np.flatnonzero(self.is_test)
         return evaluate_tasks(
-            self.model, self.dataset.facts, self.tasks, self.images[rows], self.fact_ids[rows], trained,
+            self.model, self.dataset.facts, self.tasks, self.images.take(rows), self.fact_ids[rows], trained,
             list(protocols), self.cfg.eval.batch_size,
         )
 

@@ -8,6 +8,11 @@ partly covering the subject).
 Image ``i`` draws its randomness from ``default_rng([seed, 1, i])`` alone (and a rendering style
 other than ``clean`` from ``default_rng([seed, 2, i])``, see :mod:`.styles`), so any process can
 render any image.
+
+The large world's words (preset ``lsc``) are drawn by the same code: its compound subjects through
+:mod:`.shapes`, its attributes from the ``LSC_*`` tables (a superset of the shape world's, same
+colours), its new textures and relations in branches the shape world never takes, so that the
+shape world's images keep their bytes.
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ...facts import Fact
-from .shapes import draw_mask, hollow, radius, rotation
+from .shapes import draw_mask, hollow, radius, rotation, vertical_extent
 from .styles import restyle_background, restyle_image
-from .vocabulary import COLOURS, MEDIUM, NEUTRALS, SHAPES, SIZES, TEXTURES
+from .vocabulary import COLOURS, LSC_COLOURS, LSC_SIZES, LSC_TEXTURES, MEDIUM, NEUTRALS, SHAPES, TEXTURES, converse
 
 KNOBS = ("clutter", "noise", "jitter", "occlusion")  # the difficulty knobs (module docstring)
 
 _SUPERSAMPLE = 3  # draw at 3x and downsample: anti-aliased edges without a drawing library
 _ANY = [0] + [255] * 255  # lookup table: any non-zero mask value becomes fully set
+# Relations drawn as their converse's picture (<a around b> is <b inside a>).
+_AS_CONVERSE = frozenset({"around", "behind", "under", "below right of", "below left of"})
+# Diagonal relations: where S sits relative to O, as (dx, dy) signs.
+_DIAGONALS = {"above left of": (-1, -1), "above right of": (1, -1)}
 
 
 @dataclass
@@ -126,13 +135,15 @@ def _layout(rng: np.random.Generator, fact: Fact, knobs: dict[str, float]) -> li
     if fact.order == 1:
         texture = TEXTURES[rng.integers(len(TEXTURES))] if rng.random() < 0.4 else None
         return [alone(scale(MEDIUM), any_colour(), texture)]
-    if fact.order == 2:
+    if fact.order == 2:  # the LSC_* tables hold the shape world's words with the same values
         p = fact.predicate
-        if p in COLOURS:
-            return [alone(scale(MEDIUM), tint(COLOURS[p]), None)]
-        if p in TEXTURES:
+        if p in LSC_COLOURS:
+            return [alone(scale(MEDIUM), tint(LSC_COLOURS[p]), None)]
+        if p in LSC_TEXTURES:
             return [alone(scale(MEDIUM), neutral(), p)]
-        return [alone(scale(SIZES[p]), neutral(), None)]
+        return [alone(scale(LSC_SIZES[p]), neutral(), None)]
+    if fact.predicate in _AS_CONVERSE:
+        return _layout(rng, converse(fact), knobs)  # type: ignore[arg-type]
 
     # Two shapes in contrasting colours, so the eye (and the model) can tell them apart.
     c_s = any_colour()
@@ -151,6 +162,19 @@ def _layout(rng: np.random.Generator, fact: Fact, knobs: dict[str, float]) -> li
         sx, sy = rng.choice([-1.0, 1.0], 2) * 0.13
         o = _Item(fact.object, 0.5 - sx + shift(0.03), 0.5 - sy + shift(0.03), scale(0.24), angle(), c_o)
         return [o, _Item(fact.subject, 0.5 + sx + shift(0.03), 0.5 + sy + shift(0.03), scale(0.24), angle(), c_s)]
+    if rel == "on top of":  # S rests on O: S's lowest point a pixel into O's highest, no gap
+        o = _Item(fact.object, 0.5 + shift(0.05), 0.0, scale(0.2), angle(), c_o)
+        s = _Item(fact.subject, 0.5 + shift(0.05), 0.0, scale(0.16), angle(), c_s)
+        contact = 0.45 + shift(0.03)
+        o.y = contact - o.half * vertical_extent(o.shape, o.angle)[0]
+        s.y = contact + 0.01 - s.half * vertical_extent(s.shape, s.angle)[1]
+        return [o, s]
+    if rel in _DIAGONALS:  # apart along a diagonal, a clear gap as for the side-by-side relations
+        dx, dy = _DIAGONALS[rel]
+        return [_Item(fact.subject, 0.5 + dx * 0.2 + shift(0.03), 0.5 + dy * 0.2 + shift(0.03), scale(0.15), angle(),
+                      c_s),
+                _Item(fact.object, 0.5 - dx * 0.2 + shift(0.03), 0.5 - dy * 0.2 + shift(0.03), scale(0.15), angle(),
+                      c_o)]
     # Side by side: centres about 0.48 apart along the relation's axis, which leaves a clear
     # gap between shapes of half-extent 0.16 unless jitter is extreme.
     along = {"left of": -1, "right of": 1, "above": -1, "below": 1}[rel]
@@ -219,13 +243,40 @@ def _texture(rng: np.random.Generator, item: _Item, side: int, dark_ink: bool,
         ink = np.floor(u / (period / 2)) % 2 == 0
     elif item.texture == "checked":
         ink = (np.floor(u / (period / 2)) + np.floor(v / (period / 2))) % 2 == 0
-    else:  # dotted
+    elif item.texture == "dotted":
         du, dv = (u % period) - period / 2, (v % period) - period / 2
         ink = du ** 2 + dv ** 2 < (period * 0.25) ** 2
+    else:  # the large world's textures
+        ink = _lsc_ink(rng, item.texture, u, v, period)
     out = np.empty((n, n, 3), np.uint8)
     out[:] = item.colour
     out[ink] = (20, 20, 20) if dark_ink else (240, 240, 240)
     return out
+
+
+def _lsc_ink(rng: np.random.Generator, texture: str | None, u: np.ndarray, v: np.ndarray,
+             period: float) -> np.ndarray:
+    """Where the large world's ``texture`` puts ink, on the (n, n) coordinates ``u``, ``v`` (pixels
+    along and across the shape's axes, from its centre)."""
+    if texture == "wavy":  # stripes bent by a sine across them
+        return np.floor((u + period * 0.3 * np.sin(2 * np.pi * v / period)) / (period / 2)) % 2 == 0
+    if texture == "banded":  # stripes twice as wide as striped's: half as many across a shape
+        return np.floor(u / period) % 2 == 0
+    if texture == "ringed":  # concentric rings about the shape's centre
+        return np.floor(np.hypot(u, v) / (period / 2)) % 2 == 0
+    if texture == "grid":  # thin lines along both axes (checked fills whole squares)
+        return (u % period < period * 0.25) | (v % period < period * 0.25)
+    if texture == "crosshatched":  # thin lines along both diagonals
+        a, b = (u + v) / math.sqrt(2), (u - v) / math.sqrt(2)
+        return (a % (period * 0.7) < period * 0.2) | (b % (period * 0.7) < period * 0.2)
+    if texture == "speckled":  # random specks, about a quarter of the cells of a fine grid
+        cell = period / 3
+        iu, iv = np.floor(u / cell).astype(np.int64), np.floor(v / cell).astype(np.int64)
+        iu, iv = iu - iu.min(), iv - iv.min()
+        return rng.random((int(iu.max()) + 1, int(iv.max()) + 1))[iu, iv] < 0.25
+    if texture == "two-tone":  # one half inked, split along the shape's axis
+        return u > 0
+    raise ValueError(f"unknown texture {texture!r}")
 
 
 def _occlude(img: Image.Image, rng: np.random.Generator, subject: _Item, side: int) -> None:

@@ -2,7 +2,10 @@
 
 A shape is a list of polygons drawn in order (fills and cuts), centred on its bounding box and
 scaled to a half-extent of 1 (coordinates in half-extents, y pointing down). The names are the
-:data:`factlearn.data.synth.vocabulary.SHAPES` and ``TOPIC_SHAPES``.
+:data:`factlearn.data.synth.vocabulary.SHAPES`, ``TOPIC_SHAPES`` and ``LSC_NEW_SHAPES``, and the
+large world's compound subjects ("hollow tall star"): a family stretched by its aspect
+(:data:`ASPECT_SCALE`), then decorated (cuts and added bars), then
+centred and scaled again (:func:`polygons`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .vocabulary import split_subject
+
+Polygons = list[tuple[bool, np.ndarray]]  # (True, points) fills, (False, points) cuts; points (n, 2)
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float = 0.0, a1: float = 2 * math.pi,
          n: int = 64) -> np.ndarray:
@@ -24,9 +31,9 @@ def _regular(n: int, radius: float = 1.0) -> np.ndarray:
     return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
 
 
-def _star() -> np.ndarray:
-    outer, inner = _regular(5, 1.0), _regular(5, 0.42)
-    inner = inner @ rotation(math.pi / 5).T
+def _star(points: int = 5, inner_radius: float = 0.42) -> np.ndarray:
+    outer, inner = _regular(points, 1.0), _regular(points, inner_radius)
+    inner = inner @ rotation(math.pi / points).T
     return np.stack([outer, inner], axis=1).reshape(-1, 2)
 
 
@@ -85,6 +92,26 @@ def rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
+def _lens() -> np.ndarray:
+    """Two arcs of radius 1.25 whose centres are 0.75 above and below the middle: pointed ends at x = +-1."""
+    a = math.atan2(0.75, 1.0)  # where the arcs meet, seen from the lower arc's centre
+    upper = _arc(0, 0.75, 1.25, 1.25, -math.pi + a, -a, 32)
+    return np.vstack([upper, upper[::-1] * (1, -1)])
+
+
+def _arch() -> np.ndarray:
+    """An upside-down U with a round top: outer arc over the top, down a leg, inner arc back."""
+    outer = _arc(0, 0, 1, 1, math.pi, 2 * math.pi, 32)
+    inner = _arc(0, 0, 0.45, 0.45, 2 * math.pi, math.pi, 24)
+    return np.vstack([[[-1, 1]], outer, [[1, 1], [0.45, 1]], inner, [[-0.45, 1]]])
+
+
+def _lobes(n: int) -> list[np.ndarray]:
+    """``n`` overlapping discs around the centre (a trefoil, a quatrefoil)."""
+    return [_arc(0.5 * math.cos(a), 0.5 * math.sin(a), 0.52, 0.52, n=48)
+            for a in -math.pi / 2 + np.arange(n) * 2 * math.pi / n]
+
+
 def _raw_shapes() -> dict[str, list[tuple[bool, np.ndarray]]]:
     """Each shape as polygons drawn in order: (True, points) fills, (False, points) cuts."""
     a = 0.33  # half-width of the cross's arms
@@ -115,34 +142,125 @@ def _raw_shapes() -> dict[str, list[tuple[bool, np.ndarray]]]:
         "snowflake": [(True, b) for b in _bars(3, 1.0, 0.13)] + [(True, _regular(6, 0.3))]
                      + [(True, _bars(1, 0.24, 0.09, at=0.68)[0] @ rotation(math.pi / 6 + i * math.pi / 3).T)
                         for i in range(6)],  # a crossbar on each arm
+        # The large world's new families (vocabulary.LSC_NEW_SHAPES).
+        "quarter circle": [(True, np.vstack([[[0, 0]], _arc(0, 0, 1, 1, -math.pi / 2, 0, 32)]))],
+        "pie": [(True, np.vstack([[[0, 0]], _arc(0, 0, 1, 1, math.pi / 4, 7 * math.pi / 4, 56)]))],
+        "lens": [(True, _lens())],
+        "arch": [(True, _arch())],
+        "trefoil": [(True, p) for p in _lobes(3)],
+        "quatrefoil": [(True, p) for p in _lobes(4)],
+        "heptagon": [(True, _regular(7))],
+        "octagon": [(True, _regular(8))],
+        "four-point star": [(True, _star(4, 0.38))],
+        "six-point star": [(True, _star(6, 0.55))],
+        "eight-point star": [(True, _star(8, 0.62))],
+        "trapezoid": [(True, np.array([[-0.55, -0.6], [0.55, -0.6], [1, 0.6], [-1, 0.6]]))],
+        "parallelogram": [(True, np.array([[-1, -0.6], [0.55, -0.6], [1, 0.6], [-0.55, 0.6]]))],
+        "kite": [(True, np.array([[0, -1], [0.62, -0.35], [0, 1], [-0.62, -0.35]]))],
+        "chevron": [(True, np.array([[-1, -0.5], [0, 0.3], [1, -0.5], [1, 0.1], [0, 0.9], [-1, 0.1]]))],
+        "lightning bolt": [(True, np.array([[0.1, -1], [-0.55, 0.15], [-0.05, 0.15], [-0.25, 1], [0.55, -0.2],
+                                            [0.05, -0.2], [0.35, -1]]))],
+        "shield": [(True, np.array([[-1, -1], [1, -1], [1, 0.1], [0.5, 0.7], [0, 1], [-0.5, 0.7], [-1, 0.1]]))],
+        "house": [(True, np.array([[0, -1], [0.8, -0.3], [0.8, 1], [-0.8, 1], [-0.8, -0.3]]))],
+        "tag": [(True, np.array([[-1, -0.5], [0.4, -0.5], [1, 0], [0.4, 0.5], [-1, 0.5]])),
+                (False, _arc(0.45, 0, 0.12, 0.12, n=24))],
+        "bowtie": [(True, np.array([[-1, -0.7], [0, -0.1], [1, -0.7], [1, 0.7], [0, 0.1], [-1, 0.7]]))],
+        "hourglass": [(True, np.array([[-0.7, -1], [0.7, -1], [0.1, 0], [0.7, 1], [-0.7, 1], [-0.1, 0]]))],
+        "t shape": [(True, np.array([[-1, -1], [1, -1], [1, -0.55], [0.22, -0.55], [0.22, 1], [-0.22, 1],
+                                     [-0.22, -0.55], [-1, -0.55]]))],
+        "l shape": [(True, np.array([[-0.6, -1], [-0.15, -1], [-0.15, 0.55], [0.6, 0.55], [0.6, 1], [-0.6, 1]]))],
+        "u shape": [(True, np.array([[-1, -1], [-0.45, -1], [-0.45, 0.45], [0.45, 0.45], [0.45, -1], [1, -1],
+                                     [1, 1], [-1, 1]]))],
+        "h shape": [(True, np.array([[-1, -1], [-0.5, -1], [-0.5, -0.2], [0.5, -0.2], [0.5, -1], [1, -1], [1, 1],
+                                     [0.5, 1], [0.5, 0.2], [-0.5, 0.2], [-0.5, 1], [-1, 1]]))],
+        "x shape": [(True, b @ rotation(math.pi / 4).T) for b in _bars(2, 1.0, 0.22)],
+        "right triangle": [(True, np.array([[-1, -1], [1, 1], [-1, 1]], float))],
     }
 
 
+# The large world's modifiers of a family (vocabulary.ASPECTS, DECORATIONS), in the family's
+# half-extents: an aspect squeezes the family, a decoration then adds its polygons after the
+# family's (_decorate).
+ASPECT_SCALE = {"": (1.0, 1.0), "tall": (0.62, 1.0), "wide": (1.0, 0.62)}
+_HOLLOW = 0.55  # a hollow family's hole: the family shrunk to this scale
+_BAR = np.array([[-2, -0.09], [2, -0.09], [2, 0.09], [-2, 0.09]])  # a slit across the whole shape
+
+
+def _decorate(polys: Polygons, decoration: str) -> Polygons:
+    """``polys`` (a stretched family) with ``decoration``'s cuts or additions drawn after them. The
+    notch and the stem go where the shape's top and bottom are, wherever its aspect put them."""
+    pts = np.vstack([p for fill, p in polys if fill])
+    top, bottom = pts[:, 1].min(), pts[:, 1].max()
+    x_top = float(pts[pts[:, 1] <= top + 0.05, 0].mean())  # the middle of the top edge (or the apex)
+    added = {
+        "": [],
+        "hollow": [(False, p * _HOLLOW) for fill, p in polys if fill],
+        "pierced": [(False, _arc(0, 0, 0.25, 0.25, n=32))],
+        "split": [(False, _BAR)],
+        "slashed": [(False, _BAR @ rotation(math.pi / 4).T)],
+        "notched": [(False, np.array([[x_top - 0.4, top - 0.1], [x_top + 0.4, top - 0.1], [x_top, top + 0.6]]))],
+        "halved": [(False, np.array([[0, -2], [2, -2], [2, 2], [0, 2]], float))],  # the left half stays
+        "barred": [(True, np.array([[-1.3, -0.1], [1.3, -0.1], [1.3, 0.1], [-1.3, 0.1]]))],
+        "stemmed": [(True, np.array([[-0.1, bottom - 0.3], [0.1, bottom - 0.3], [0.1, bottom + 0.6],
+                                     [-0.1, bottom + 0.6]]))],
+    }
+    return polys + added[decoration]
+
+
+def _normalised(polys: Polygons) -> tuple[Polygons, np.ndarray, float]:
+    """``polys`` centred on the bounding box of their fills and scaled to a half-extent of 1, with
+    that centre and half-extent."""
+    pts = np.vstack([p for fill, p in polys if fill])
+    lo, hi = pts.min(0), pts.max(0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+    return [(fill, (p - centre) / half) for fill, p in polys], centre, half
+
+
 @lru_cache(maxsize=None)
-def _shapes() -> dict[str, list[tuple[bool, np.ndarray]]]:
+def _shapes() -> dict[str, Polygons]:
     """The shapes centred on their bounding box and scaled to a half-extent of 1."""
-    out = {}
-    for name, polys in _raw_shapes().items():
-        pts = np.vstack([p for fill, p in polys if fill])
-        lo, hi = pts.min(0), pts.max(0)
-        centre, half = (lo + hi) / 2, (hi - lo).max() / 2
-        out[name] = [(fill, (p - centre) / half) for fill, p in polys]
-    return out
+    return {name: _normalised(polys)[0] for name, polys in _raw_shapes().items()}
+
+
+@lru_cache(maxsize=None)
+def _compound(name: str) -> tuple[Polygons, np.ndarray, float]:
+    """A large-world subject's polygons (normalised), and the centre and half-extent that took
+    the stretched and decorated family to them."""
+    decoration, aspect, family = split_subject(name)
+    scale = np.array(ASPECT_SCALE[aspect])
+    return _normalised(_decorate([(fill, p * scale) for fill, p in _shapes()[family]], decoration))
+
+
+def polygons(name: str) -> Polygons:
+    """Shape ``name`` (a shape or a large-world subject) as polygons drawn in order, centred and
+    scaled to a half-extent of 1 (module docstring).
+
+    Raises:
+        KeyError: for a name that is neither.
+    """
+    shapes = _shapes()
+    return shapes[name] if name in shapes else _compound(name)[0]
 
 
 @lru_cache(maxsize=None)
 def radius(name: str) -> float:
     """Bounding radius of shape ``name`` (its farthest point from the centre), in half-extents."""
-    return float(max(np.linalg.norm(p, axis=1).max() for fill, p in _shapes()[name] if fill))
+    return float(max(np.linalg.norm(p, axis=1).max() for fill, p in polygons(name) if fill))
 
 
 @lru_cache(maxsize=None)
 def hollow(name: str) -> tuple[float, float, float]:
     """The centre (x, y) and radius of the largest circle inside shape ``name``, in half-extents
     of the unrotated shape: where a subject drawn "inside" it goes. Brute force on a coarse grid,
-    once per shape."""
+    once per shape; a large-world subject's is its family's, stretched and moved as the family was
+    (the circle squeezed by an aspect still holds a circle of the smaller scale)."""
     if name == "ring":  # its contents go in the hole, not in the band
         return 0.0, 0.0, 0.58
+    if name not in _shapes():
+        _, aspect, family = split_subject(name)
+        hx, hy, hr = hollow(family)
+        (sx, sy), (_, centre, half) = ASPECT_SCALE[aspect], _compound(name)
+        return (sx * hx - centre[0]) / half, (sy * hy - centre[1]) / half, min(sx, sy) * hr / half
     n, half = 61, 27.0  # a margin of background all round, so every shape has outside pixels
     mask = np.asarray(draw_mask(name, n / 2, n / 2, half, 0.0, n), bool)
     ys, xs = np.nonzero(mask)
@@ -153,13 +271,20 @@ def hollow(name: str) -> tuple[float, float, float]:
             math.sqrt(d2[best].min()) / half)
 
 
+def vertical_extent(name: str, angle: float) -> tuple[float, float]:
+    """The highest and lowest y (negative up) of shape ``name`` turned by ``angle`` radians, in
+    half-extents from its centre: where a shape resting on it, or on which it rests, touches."""
+    pts = np.vstack([p for fill, p in polygons(name) if fill]) @ rotation(angle).T
+    return float(pts[:, 1].min()), float(pts[:, 1].max())
+
+
 def draw_mask(name: str, cx: float, cy: float, half: float, angle: float, side: int) -> Image.Image:
     """Shape ``name`` as a ``side`` x ``side`` mask (mode L, 255 inside, 0 outside), centred at
     (cx, cy) with half-extent ``half`` (all in pixels) and turned by ``angle`` radians."""
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
     rot = rotation(angle)
-    for fill, pts in _shapes()[name]:
+    for fill, pts in polygons(name):
         xy = pts @ rot.T * half + (cx, cy)
         draw.polygon([tuple(p) for p in xy.tolist()], fill=255 if fill else 0)
     return mask
