@@ -83,16 +83,8 @@ class TorchFlatSearch:
         return int(self.facts.shape[1])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k facts nearest each query by cosine similarity; the contract of :meth:`FactIndex.search`.
-
-        Args:
-            queries: (Q, D) query embeddings (copied and normalised; the caller's array is untouched).
-            k: neighbours per query; clamped to the number of facts.
-
-        Returns:
-            scores: (Q, k) float32 cosine similarities, best first.
-            ids: (Q, k) int64 fact ids (from ``fact_ids``); ties ordered by ascending row.
-        """
+        """The k facts nearest each query by cosine similarity: the arguments, results and tie order
+        of :meth:`factlearn.retrieval.index.FactIndex.search` (exact, so never an id of -1)."""
         if k < 1:
             raise ValueError(f"k: expected a positive number of neighbours, got {k}")
         q = normalised_rows(queries, "queries")  # (Q, D)
