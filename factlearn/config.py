@@ -218,6 +218,10 @@ class EvalConfig:
     """Evaluation after every task: the candidate protocol shown by default and the embedding batch."""
     protocol: str = "standard"  # standard: candidates = the task's facts; generalized: all seen
     batch_size: int = 256
+    # At most this many test images per task (a sample drawn with split.seed, the same after every
+    # task and for every run of the split); None: all. Exact evaluation costs images x candidates,
+    # which grows with the square of the facts: at 200,000 facts a sample keeps it linear.
+    max_images_per_task: int | None = None
 
 
 @dataclass
@@ -260,6 +264,7 @@ RANGES = {
     "method.max_importance_samples": "> 0", "method.gamma": "in [0, 1]", "method.xi": "> 0",
     "method.importance_directions": "> 0",
     "eval.batch_size": "> 0",
+    "eval.max_images_per_task": "> 0",
 }
 
 CHOICES = {

@@ -201,6 +201,22 @@ def _retrieval(view: TaskView, truth: GroundTruth) -> dict[str, float]:
             f"map@{AP_AT}": float(ap_at[counted].mean()) if counted.any() else float("nan")}
 
 
+def sample_per_task(fact_ids: np.ndarray, tasks: Sequence[Task], cap: int | None, seed: int) -> np.ndarray:
+    """Positions of the images kept for evaluation (``eval.max_images_per_task``): of each task, at
+    most ``cap`` images, drawn with ``seed`` (the split's: the same images after every task and for
+    every run of the split), in their order; every position when ``cap`` is None. Images of facts
+    in no task are left out only when sampling."""
+    fact_ids = np.asarray(fact_ids)
+    if cap is None:
+        return np.arange(len(fact_ids))
+    rng = np.random.default_rng([seed, 11])
+    keep = []
+    for task in tasks:
+        rows = np.flatnonzero(np.isin(fact_ids, task.facts))
+        keep.append(rows if len(rows) <= cap else rng.choice(rows, cap, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
 def evaluate_tasks(
     model: FactModel,
     facts: FactTable,
@@ -295,6 +311,8 @@ def evaluate_run(
             raise UserError(f"the data's facts differ from {run.file('facts.json')}: "
                             "not the data this run was trained on")
         rows = np.flatnonzero(image_splits(dataset, cfg.split.test_fraction, cfg.split.seed))
+        rows = rows[sample_per_task(np.array(dataset.fact_ids())[rows], tasks, cfg.eval.max_images_per_task,
+                                    cfg.split.seed)]  # the images training evaluated on
         fact_ids = np.array(dataset.fact_ids())[rows]
     elif images == "all":
         rows = np.arange(len(dataset.records))

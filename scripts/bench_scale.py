@@ -19,7 +19,9 @@ memory is its own (``ru_maxrss`` from ``wait4``):
 - ``query``: ``factlearn query --all-facts`` of 256 test images against every fact.
 
 The model is small (ResNet 16-32-64, 32 px, 32 dims per slot) with ``loss.negatives: sampled``
-(1,024 per step): at 2,000 facts a task's 1,000 facts are all drawn, as ``all`` would.
+(1,024 per step): at 2,000 facts a task's 1,000 facts are all drawn, as ``all`` would. Each task is
+evaluated on at most 5,000 of its test images (``eval.max_images_per_task``): the work of the
+evaluation is images x candidates, and the candidates grow with the facts.
 
 JSON rows (a list): ``{"facts": F, "images": N, "stage": "...", "seconds": s, "peak_rss_mb": m}``,
 and per stage above the first size ``growth`` (seconds over the previous size's) and ``linear``
@@ -46,7 +48,7 @@ CONFIG = {
     "loss": {"negatives": "sampled", "num_negatives": 1024},
     "train": {"batch_size": 128, "lr": 0.001, "checkpoint_every": 0, "log": []},
     "method": {"lam": 1.0, "importance_batch_size": 128},
-    "eval": {"batch_size": 512},
+    "eval": {"batch_size": 512, "max_images_per_task": 5000},
 }
 PHASE = re.compile(r"^(?P<what>.+?): (?P<s>[0-9.]+) s$")  # factlearn.progress.phase's closing line
 QUERY_IMAGES = 256

@@ -312,3 +312,23 @@ def test_evaluate_under_a_test_condition_shift(trained_runs, tmp_path):
     assert dark != clean  # other pixels, other rankings
     r = CliRunner().invoke(main, ["evaluate", str(trained_runs[0]), "--data", str(shifted), "--device", "cpu"])
     assert r.exit_code == 0 and "B1" in r.output, r.output
+
+
+def test_max_images_per_task_samples_the_same_images_in_training_and_evaluate(tmp_path, tiny_world, tiny_config):
+    """eval.max_images_per_task: each task is evaluated on at most that many test images, the same
+    sample after every task and in `factlearn evaluate` (drawn with split.seed)."""
+    from factlearn.config import load_config
+    from factlearn.data.splits import Task
+    from factlearn.evaluate import evaluate_run, sample_per_task
+    from factlearn.training import train
+
+    doc = train(tiny_world, load_config(tiny_config, {"eval.max_images_per_task": 3}), tmp_path / "run", device="cpu")
+    assert all(doc["final"][t]["n"] == 3 for t in ("B1", "B2"))
+    again = evaluate_run(tmp_path / "run", device="cpu")["B2"]["standard"]
+    assert {t: again[t]["top1"] for t in again} == {t: doc["final"][t]["top1"] for t in ("B1", "B2")}
+    ids = np.array([0, 0, 1, 1, 1, 2, 2, 5])
+    tasks = [Task("B1", [0, 1]), Task("B2", [2])]
+    assert sample_per_task(ids, tasks, None, 0).tolist() == list(range(8))
+    kept = sample_per_task(ids, tasks, 2, 0)
+    assert kept.tolist() == sorted(kept.tolist()) and len(kept) == 4 and 7 not in kept
+    assert np.array_equal(kept, sample_per_task(ids, tasks, 2, 0))

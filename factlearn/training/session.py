@@ -22,7 +22,7 @@ from ..data.manifest import Dataset
 from ..data.splits import Task, image_splits, load_tasks_file, make_split
 from ..distributed import SINGLE, Context
 from ..errors import UserError
-from ..evaluate import evaluate_tasks
+from ..evaluate import evaluate_tasks, sample_per_task
 from ..facts import FactTable
 from ..losses import check_loss, fact_loss
 from ..model import FactModel, Vocabulary, create_model
@@ -205,8 +205,11 @@ class Session:
 
     def evaluate(self, trained: int, protocols: Sequence[str]) -> dict[str, dict[str, dict]]:
         """protocol -> every task's metrics (:func:`factlearn.evaluate.evaluate_view`), exact flat
-        index; the test images are embedded once for all protocols."""
+        index; the test images (``eval.max_images_per_task`` of each task at most) are embedded once
+        for all protocols."""
         rows = np.flatnonzero(self.is_test)
+        rows = rows[sample_per_task(self.fact_ids[rows], self.tasks, self.cfg.eval.max_images_per_task,
+                                    self.cfg.split.seed)]
         return evaluate_tasks(
             self.model, self.dataset.facts, self.tasks, self.images.take(rows), self.fact_ids[rows], trained,
             list(protocols), self.cfg.eval.batch_size,
