@@ -11,6 +11,8 @@ and line. Written manifests are always JSON Lines with all six keys, null for an
 from __future__ import annotations
 
 import json
+import os
+import stat
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +100,10 @@ def load_dataset(data_dir: str | Path, allow_outside: bool = False) -> Dataset:
     rows = list(read_rows(manifest))  # every row is well-formed before any value is judged
     records: list[Record] = []
     seen: dict[Path, int] = {}
+    folders: dict[str, Path] = {}  # resolved image folders of this load (locate_image)
     for line, row in rows:
         where = f"{manifest}:{line}"
-        records.append(parse_record(row, root, where, allow_outside))
+        records.append(parse_record(row, root, where, allow_outside, folders))
         image = records[-1].image
         if image in seen:
             raise UserError(f"{where}: duplicate row for image {row['image']!r} (first at line {seen[image]})")
@@ -152,7 +155,8 @@ def read_rows(manifest: Path, bad_row: BadRow = refuse) -> Iterator[tuple[int, d
         yield line, row
 
 
-def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False) -> Record:
+def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False,
+                 folders: dict[str, Path] | None = None) -> Record:
     """One manifest row (from :func:`read_rows`) as a :class:`Record`.
 
     Args:
@@ -160,6 +164,7 @@ def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False)
         root: the resolved folder of the manifest; image paths are relative to it.
         where: ``file:line``, the start of every error message.
         allow_outside: accept an image path that leaves ``root``.
+        folders: a cache of resolved folders shared by the rows of one load (:func:`locate_image`).
 
     Raises:
         UserError: for a missing or empty image or subject, a value that is not text, a fact that
@@ -185,7 +190,7 @@ def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False)
     if split is not None and split not in SPLITS:
         raise UserError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
     try:
-        image, found = locate_image(root, row["image"])
+        image, found = locate_image(root, row["image"], folders)
     except ValueError as exc:
         raise UserError(f"{where}: image path {row['image']!r} cannot name a file ({exc})") from None
     if not allow_outside and not image.is_relative_to(root):
@@ -195,15 +200,34 @@ def parse_record(row: dict, root: Path, where: str, allow_outside: bool = False)
     return Record(image=image, fact=fact, group=row.get("group") or None, split=split)
 
 
-def locate_image(root: Path, link: str) -> tuple[Path, bool]:
+def locate_image(root: Path, link: str, folders: dict[str, Path] | None = None) -> tuple[Path, bool]:
     """Where an image path of a data file leads: ``root / link`` resolved, and whether a file is there.
+
+    With ``folders`` (a dict the caller keeps for one load) each folder is resolved once and an
+    image that is not itself a symbolic link costs one ``lstat``: the same answer as resolving the
+    whole path (``os.path.realpath`` walks every component in Python: 17 s for 80,000 images, which
+    at 800,000 images would dominate loading the data set).
 
     Raises:
         ValueError: with the reason, for a path no file can have: a NUL byte, a character the file
             system cannot encode (a lone surrogate), a name too long.
     """
     try:
-        image = (root / link).resolve()
+        path = root / link
+        if folders is not None and path.name not in ("", ".", ".."):
+            parent = str(path.parent)
+            if parent not in folders:
+                folders[parent] = path.parent.resolve()
+            image = folders[parent] / path.name
+            try:
+                mode = os.lstat(image).st_mode
+            except FileNotFoundError:
+                return image, False
+            except NotADirectoryError:  # the folder is a file: nothing can be under it
+                return image, False
+            if not stat.S_ISLNK(mode):
+                return image, stat.S_ISREG(mode)
+        image = path.resolve()
         return image, image.is_file()
     except UnicodeEncodeError:
         raise ValueError("a character the file system cannot encode") from None

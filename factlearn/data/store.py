@@ -176,15 +176,17 @@ def build_lock(path: str | Path) -> Iterator[None]:
     created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
+    new_lock = not lock.exists()
     try:
         with open(lock, "ab") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
             yield
     except BaseException:
-        # A build that failed (a bad image: a UserError) leaves the data directory as it found it
-        # when this call made the folder: nothing of a failed command stays behind.
-        if created:
+        # A build that failed (a bad image: a UserError) leaves the data directory as it found it:
+        # nothing of a failed command stays behind (the lock file and the folder, if this call made them).
+        if new_lock:
             lock.unlink(missing_ok=True)
+        if created:
             try:
                 path.parent.rmdir()
             except OSError:  # not empty: another process's files
