@@ -151,9 +151,14 @@ def test_tables_mean_and_std_over_seeds(exp, tmp_path):
             _write_run(plan.run_dir(run), method, [[0.9, 0.0], [b1, 0.8]])
     res = tables.collect(plan, "two-task")
     table = tables.final_table(res, "standard", "top1").splitlines()
-    assert table[0] == "| method | B1 | B2 | mean | BWT |"
+    assert table[0] == "| method | B1 | B2 | mean | BWT | vs finetune |"
     # B1 0.5 and 0.7: 60.0 ± 14.1; B2 80.0 twice; mean (0.65, 0.75); BWT (-0.4, -0.2)
-    assert table[2] == "| finetune | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 |"
+    assert table[2] == "| finetune | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 | - |"
+    assert table[3] == "| l2 | 60.0 ± 14.1 | 80.0 ± 0.0 | 70.0 ± 7.1 | -30.0 ± 14.1 | 0.0 ± 0.0 |"
+    # paired: seed 0 of l2 against seed 0 of finetune, seed 1 against seed 1
+    _write_run(plan.run_dir(plan.runs["random2/seed1/l2"]), "l2", [[0.9, 0.0], [0.9, 0.8]])
+    paired = tables.final_cells(tables.collect(plan, "two-task"), "standard", "top1")["l2"]["vs finetune"]
+    assert paired.seeds == (0, 1) and paired.values == pytest.approx((0.0, 0.1))
     assert len(table) == 2 + len(METHODS)
     matrix = tables.matrix_table(res, "mas", "standard", "top1").splitlines()
     assert matrix[2] == "| after B1 | 90.0 ± 0.0 |  |"

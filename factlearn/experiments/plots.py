@@ -15,6 +15,7 @@ from .config import SuiteSpec
 from .tables import (
     METRIC_NAMES,
     METRICS,
+    VS_BASELINE,
     Cell,
     SuiteResults,
     adaptation_cells,
@@ -79,7 +80,7 @@ def _final_figure(res: SuiteResults, suite: str, proto: str, protocol: str, path
     """Each task's accuracy after the last task, and their mean, per method (mean ± std over seeds)."""
     fig, axes = _figure(len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        values = {label: {k: c for k, c in cells.items() if k != "BWT"}
+        values = {label: {k: c for k, c in cells.items() if k not in ("BWT", VS_BASELINE)}
                   for label, cells in final_cells(res, proto, metric).items()}
         _bars(ax, values, f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
     axes[0].legend(fontsize=8, ncols=len(res.tasks) + 1)

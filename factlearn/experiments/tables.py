@@ -110,8 +110,16 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+BASELINE = "finetune"  # the entry the paired differences are taken against
+VS_BASELINE = "vs finetune"  # the column of :func:`final_cells`: the mean's paired difference
+
+
 def final_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
-    """Per entry: each task's accuracy after the last task, their ``mean``, and ``BWT`` (< 0: forgetting)."""
+    """Per entry: each task's accuracy after the last task, their ``mean``, ``BWT`` (< 0:
+    forgetting) and, when the suite has a finetune entry, ``vs finetune``: the mean minus
+    finetune's mean of the same training seed, over the seeds both have (paired: the seeds share
+    the split and, up to B1 for the forked runs, the first task; a paired difference leaves out
+    what the seeds have in common)."""
     out = {}
     for label, runs in res.metrics.items():
         seeds = res.seeds[label]
@@ -119,14 +127,24 @@ def final_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[st
         cells["mean"] = Cell.of(seeds, [m.sequence(metric, proto)["average"] for m in runs])
         cells["BWT"] = Cell.of(seeds, [m.sequence(metric, proto)["bwt"] for m in runs])
         out[label] = cells
+    base = out.get(BASELINE)
+    if base is not None:
+        ref = dict(zip(base["mean"].seeds, base["mean"].values))
+        for label, cells in out.items():
+            if label != BASELINE:
+                pairs = [(s, v - ref[s]) for s, v in zip(cells["mean"].seeds, cells["mean"].values) if s in ref]
+                cells[VS_BASELINE] = Cell.of([s for s, _ in pairs], [d for _, d in pairs])
     return out
 
 
 def final_table(res: SuiteResults, proto: str, metric: str) -> str:
-    """Per entry: each task's accuracy after the last task, their mean, and BWT (< 0: forgetting)."""
+    """Per entry: each task's accuracy after the last task, their mean, BWT (< 0: forgetting) and
+    the mean's paired difference to finetune (when the suite has finetune)."""
     cells = final_cells(res, proto, metric)
-    return md_table(["method", *res.tasks, "mean", "BWT"],
-                    [[label, *(c.text() for c in row.values())] for label, row in cells.items()])
+    extra = [VS_BASELINE] if BASELINE in cells else []
+    columns = [*res.tasks, "mean", "BWT", *extra]
+    return md_table(["method", *columns],
+                    [[label, *(row[c].text() if c in row else "-" for c in columns)] for label, row in cells.items()])
 
 
 def matrix_cells(res: SuiteResults, label: str, proto: str, metric: str) -> list[list[Cell | None]]:
