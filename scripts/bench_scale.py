@@ -104,8 +104,10 @@ def run_size(facts: int, work: Path, env: dict, preset: str = "lsc") -> list[dic
     dataset = load_dataset(data)
     images = len(dataset.records)
     row("data", s, rss)
+    # open_images builds (or maps) the store without copying it into memory, as training opens it
     code = ("import sys; from factlearn.data.manifest import load_dataset; from factlearn.data.images import "
-            "load_images; d = load_dataset(sys.argv[1]); load_images([r.image for r in d.records], 32)")
+            "open_images; d = load_dataset(sys.argv[1]); "
+            "s = open_images([r.image for r in d.records], 32, data_dir=d.root); assert s.mapped, 'no store'")
     s, rss, _ = child([sys.executable, "-c", code, str(data)], root / "logs" / "store.log", env)
     row("store", s, rss)
     config = root / "bench.yaml"
