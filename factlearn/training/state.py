@@ -232,6 +232,7 @@ def restore(run: RunDir, s: Session) -> tuple[int, dict, dict[str, int], Partial
 
 
 def checkpoint_state(folder: Path) -> dict:
+    """A checkpoint folder's state.json (position, metric rows, epochs); malformed is a UserError."""
     state = read_json(folder / STATE)
     if not isinstance(state, dict):
         raise UserError(f"{folder / STATE} is malformed: expected a JSON object")
