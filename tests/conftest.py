@@ -11,6 +11,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -75,3 +76,13 @@ def tiny_fact_model(tiny_model_config):
         return model
 
     return make
+
+
+def tied_unit_rows(rng: np.random.Generator, n: int = 300, d: int = 16) -> np.ndarray:
+    """(n, d) float32 unit rows with four entries in {+-0.5} and the rest 0, drawn from ``rng``:
+    every dot product is exact in float32 and many different rows tie, so a search's tie order is
+    its rule's alone."""
+    x = np.zeros((n, d), dtype=np.float32)
+    for row in x:
+        row[rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    return x

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tied_unit_rows
 from factlearn.data.splits import Task
 from factlearn.evaluate import evaluate_tasks
 from factlearn.facts import Fact, FactTable
@@ -47,9 +48,7 @@ def test_sharded_search_equals_flat_search_exactly(seed):
 def test_ties_go_to_the_row_added_first_across_shards():
     # Unit vectors with entries in {0, +-0.5}: every score is exact, and many are equal.
     rng = np.random.default_rng(0)
-    x = np.zeros((300, 16), dtype=np.float32)
-    for row in x:
-        row[rng.choice(16, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    x = tied_unit_rows(rng)
     queries = x[rng.integers(0, 300, 50)]
     index = ShardedFactIndex(16, shard_size=64)
     add_in_chunks(index, x, np.arange(300), 4)

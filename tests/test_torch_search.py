@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tied_unit_rows
 from factlearn.errors import UserError
 from factlearn.retrieval import sharded
 from factlearn.retrieval.index import FactIndex
@@ -51,9 +52,7 @@ def test_ties_between_different_facts_go_to_the_lower_row():
     # Unit rows with entries in {0, +-0.5}: every score is exact in float32, and many different
     # facts tie, so the order among them is the rule's alone.
     rng = np.random.default_rng(0)
-    x = np.zeros((300, 16), dtype=np.float32)
-    for row in x:
-        row[rng.choice(16, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    x = tied_unit_rows(rng)
     queries = x[rng.integers(0, 300, 40)]
     brute = queries @ x.T  # exact
     want = np.argsort(-brute, axis=1, kind="stable")[:, :60]  # ties by ascending row
