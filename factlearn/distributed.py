@@ -36,6 +36,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -91,7 +92,13 @@ class Context:
             return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
+        self._settle(t)
         return t.tolist()
+
+    def _settle(self, *tensors: torch.Tensor) -> None:
+        """:func:`settle` for CPU (gloo) collectives; NCCL's work is released by its own watchdog."""
+        if self.device.type == "cpu":
+            settle(*tensors)
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on one (a Ctrl-C one rank saw, a loss one rank found
@@ -110,6 +117,7 @@ class Context:
         dist.all_reduce(flat)
         n = torch.tensor([count], dtype=torch.int64, device=flat.device)
         dist.all_reduce(n)
+        self._settle(flat, n)
         parts = flat.split([sums[name].numel() for name in names])
         return {name: p.view_as(sums[name]) for name, p in zip(names, parts)}, int(n.item())
 
@@ -138,12 +146,35 @@ class Context:
         if failed is None:
             return result
         rank, message = failed
+        # Every rank stops here and exits: a settled collective (Context.all_sum), so that none
+        # exits while gloo still holds the gather's tensors (see settle).
+        self.all_sum([0.0])
         if not self.is_main:
             raise PeerError(message)
         raise error if rank == 0 else UserError(f"rank {rank}: {message}")
 
 
 SINGLE = Context()  # one process: no collectives, every sample
+
+
+def settle(*tensors: torch.Tensor, poll_s: float = 5e-4, limit_s: float = 2.0) -> bool:
+    """Wait, with the GIL released, until no one but the caller holds ``tensors`` (their C++ use
+    count is 1). False if ``limit_s`` passed first.
+
+    Why: a gloo collective returns as soon as its work is complete, but gloo's worker thread drops
+    its reference to the work (and so to the tensors) a moment later. When the Python tensor is
+    already gone by then, that last release needs the GIL, and if the interpreter is exiting, the
+    worker thread cannot take it: the process aborts ("terminate called without an active
+    exception"; pytorch/pytorch PR 179291 describes it). It happened to about 1 in 15 runs
+    of two CPU ranks, after the run was written. Call it after a collective on CPU tensors that
+    Python is about to drop.
+    """
+    deadline = time.monotonic() + limit_s
+    while any(t._use_count() > 1 for t in tensors):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def join_group(device: torch.device) -> tuple[Context, torch.device, bool]:

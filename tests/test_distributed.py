@@ -32,7 +32,7 @@ from factlearn.continual.ewc import fisher_diagonal
 from factlearn.continual.lmas import lmas_importance
 from factlearn.continual.mas import mas_importance
 from factlearn.data.manifest import load_dataset
-from factlearn.distributed import SINGLE, Context, join_group
+from factlearn.distributed import SINGLE, Context, join_group, settle
 from factlearn.training import Session, train
 from factlearn.training.task import train_task
 
@@ -175,6 +175,22 @@ def test_errors_are_reported_once_and_nproc_passes_the_exit_code(tmp_path, tiny_
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("exists and is not empty") == 1, done.stderr  # rank 0 reports, rank 1 is quiet
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_settle_waits_until_the_caller_alone_holds_the_tensors():
+    """Another holder (here an autograd graph, in a run gloo's worker thread) lets go later."""
+    import threading
+    import time
+
+    t = torch.ones(2, requires_grad=True)
+    graph = [(t * t).sum()]  # the graph saves t: its use count is above 1 while it lives
+    assert t._use_count() > 1
+    assert settle(t, limit_s=0.05) is False  # nobody let go: it gives up, it does not hang
+    release = threading.Timer(0.2, graph.clear)
+    start = time.monotonic()
+    release.start()
+    assert settle(t, torch.zeros(1)) is True
+    assert time.monotonic() - start >= 0.15 and t._use_count() == 1
 
 
 def test_nproc_is_refused_inside_torchrun(monkeypatch, tiny_world, cfg_path, tmp_path):
