@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .continual import create_method
-from .continual.unlabeled import IMAGE_TOWER, DataImportance, image_paths, unlabeled_task
+from .continual.unlabeled import IMAGE_TOWER, DataImportance, image_source, unlabeled_task
 from .errors import UserError
 from .run import RunDir, read_tensors
 
@@ -41,8 +41,9 @@ def add_importance(run_dir: str | Path, images: str | Path, device: str | torch.
                         "(only mas and lmas can: their importance needs no labels)")
     folder = run.checkpoint(task)
     method.load_state_dict(read_tensors(folder / "method.safetensors"), model.device)
-    data = unlabeled_task(image_paths(images), model.cfg.image_size, model.device, cfg.max_importance_samples,
-                          name=str(images))
+    paths, data_dir = image_source(images)
+    data = unlabeled_task(paths, model.cfg.image_size, model.device, cfg.max_importance_samples, name=str(images),
+                          data_dir=data_dir)
     method.accumulate(method.tower_importance(model, data, (IMAGE_TOWER,)))
     state = run.read_json(f"checkpoints/{task}/state.json")
     state.setdefault("importance_added", []).append({"source": str(images), "images": data.num_samples})

@@ -102,3 +102,29 @@ def test_importance_data_with_a_frozen_language_tower(tiny_world, tiny_config, t
     omega = [k for k in read_tensors(tmp_path / "run" / "checkpoints" / "B1" / "method.safetensors")
              if k.startswith("omega.")]
     assert omega and all(k.startswith("omega.image_tower.") for k in omega)
+
+
+def test_unlabeled_images_stream_from_the_data_sets_store(tiny_world, tmp_path, monkeypatch):
+    """Importance data that is a data set is read batch by batch from its store (memory does not grow
+    with it), with the pixels and the seeded subset of decoding them into memory."""
+    from factlearn.continual.unlabeled import image_source, unlabeled_task
+    from factlearn.data.images import read_images, to_model_input
+    from factlearn.distributed import Context
+
+    monkeypatch.delenv("FACTLEARN_IMAGE_CACHE", raising=False)
+    paths, data_dir = image_source(tiny_world)
+    assert data_dir == tiny_world and len(paths) > 10
+    cap = len(paths) - 3
+    keep = np.sort(np.random.default_rng([0, 7]).choice(len(paths), cap, replace=False))
+    for rank in (0, 1):
+        want = read_images([paths[i] for i in keep[rank::2]], 16)
+        for where in (tmp_path / "copy", None):  # through a store, and in memory
+            monkeypatch.setenv("FACTLEARN_IMAGE_CACHE", str(where) if where else "off")
+            task = unlabeled_task(paths, 16, "cpu", cap=cap, shard=Context(rank, 2), data_dir=data_dir)
+            got = torch.cat([x for x, _, _ in task.batches(4)])
+            assert task.num_samples == len(want)
+            assert torch.equal(got, to_model_input(want))
+    monkeypatch.delenv("FACTLEARN_IMAGE_CACHE")
+    task = unlabeled_task(paths, 16, "cpu", data_dir=data_dir)
+    stores = list((tiny_world / ".factlearn-cache").glob(f"images-16px-{len(paths)}-*.npy"))
+    assert len(stores) == 1 and task.num_samples == len(paths)

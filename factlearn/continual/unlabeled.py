@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import MethodConfig
-from ..data.images import expand_images, load_images, to_model_input
+from ..data.images import expand_images, open_images, to_model_input
 from ..data.manifest import MANIFEST_NAMES, load_dataset
 from ..distributed import SINGLE, Context
 from ..errors import UserError
@@ -32,31 +32,41 @@ TOWERS = (IMAGE_TOWER, LANGUAGE_TOWER)
 
 def image_paths(source: str | Path) -> list[Path]:
     """The images of a data directory or manifest file (facts ignored), or of a folder of images."""
+    return image_source(source)[0]
+
+
+def image_source(source: str | Path) -> tuple[list[Path], Path | None]:
+    """:func:`image_paths`, and the data directory when ``source`` is a data set (its decoded images
+    are kept in its store, as the data set's own are: factlearn.data.images.open_images), else None."""
     path = Path(source)
     if not path.exists():
         raise UserError(f"importance data not found: {path}")
     is_manifest = path.name in MANIFEST_NAMES if path.is_file() else any((path / n).is_file() for n in MANIFEST_NAMES)
     if is_manifest:
-        return [r.image for r in load_dataset(path).records]
-    return expand_images([str(path)])
+        return [r.image for r in load_dataset(path).records], path.parent if path.is_file() else path
+    return expand_images([str(path)]), None
 
 
 def unlabeled_task(
     paths: list[Path], image_size: int, device: torch.device | str, cap: int | None = None, seed: int = 0,
-    name: str = "unlabeled", shard: Context = SINGLE,
+    name: str = "unlabeled", shard: Context = SINGLE, data_dir: str | Path | None = None,
 ) -> TaskData:
-    """Decode ``paths`` once (at most ``cap``, a seeded subset; under torch.distributed this rank's
-    ``shard`` of them) into a TaskData without facts.
+    """``paths`` (at most ``cap``, a seeded subset; under torch.distributed this rank's ``shard`` of
+    them) as a TaskData without facts, read batch by batch.
+
+    The images are decoded once into the store of all of ``paths`` (``data_dir``'s, or the
+    ``FACTLEARN_IMAGE_CACHE`` folder) and read from it a batch at a time, so memory does not grow
+    with their number; with no store folder, the chosen ones are decoded into memory.
 
     Its batches carry empty facts (tokens (B, 3, 1) of padding, slot mask (B, 3) of zeros): the
     language tower's output on them is zero, so only the image tower's importance is meaningful.
     """
+    rows = np.arange(len(paths))
     if cap is not None and len(paths) > cap:
-        keep = np.sort(np.random.default_rng([seed, 7]).choice(len(paths), cap, replace=False))
-        paths = [paths[i] for i in keep]
-    paths = list(shard.take(paths))
-    images = load_images(paths, image_size)  # (N, 3, S, S) uint8, on CPU
-    logger.info("importance data: %d unlabeled images", len(paths))
+        rows = np.sort(np.random.default_rng([seed, 7]).choice(len(paths), cap, replace=False))
+    rows = np.asarray(shard.take(rows), dtype=np.int64)
+    images = open_images(paths, image_size, data_dir=data_dir, rows=rows)  # (N, 3, S, S) uint8, read per batch
+    logger.info("importance data: %d unlabeled images", len(images))
 
     def batches(batch_size: int):
         for start in range(0, len(images), batch_size):
@@ -113,6 +123,7 @@ class DataImportance(QuadraticPenalty):
     def __init__(self, cfg: MethodConfig):
         super().__init__(cfg)
         self._paths: list[Path] | None = None
+        self._data_dir: Path | None = None
         self._unlabeled: TaskData | None = None
 
     def tower_importance(self, model: nn.Module, data: TaskData, towers: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -139,7 +150,7 @@ class DataImportance(QuadraticPenalty):
         after every task."""
         if self._unlabeled is None:
             if self._paths is None:
-                self._paths = image_paths(self.cfg.importance_data)
+                self._paths, self._data_dir = image_source(self.cfg.importance_data)
             self._unlabeled = unlabeled_task(self._paths, model.cfg.image_size, model.device,
-                                             self.cfg.max_importance_samples, shard=shard)
+                                             self.cfg.max_importance_samples, shard=shard, data_dir=self._data_dir)
         return self._unlabeled
