@@ -410,10 +410,34 @@ def clustered_space(n_facts: int, n_queries: int, seed: int = 0, latent: int = 1
     return facts.reshape(n_facts, -1), queries.reshape(n_queries, -1)
 
 
-def bench_ann(rep: Report, data: str, n_facts: int, n_queries: int, repeats: int, size: dict, targets: bool) -> None:
-    """Sweep each approximate index's search knob upwards until recall@10 reaches 0.95."""
-    make = clustered_space if data == "clustered" else fact_space
-    facts, queries = make(n_facts, n_queries, seed=2)
+def learned_space(run_dir: str | Path, n_queries: int, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A trained run's embeddings: every fact of the run through its last checkpoint's language
+    tower (F, 3*d), and a seeded sample of ``n_queries`` of its data set's images through the image
+    tower, as ``factlearn query --all-facts`` embeds them (float32; the facts as the flat index holds
+    them, unit rows; the images as the model outputs them, FactIndex normalises them)."""
+    from factlearn.data.images import read_images
+    from factlearn.query import RunIndex
+
+    index = RunIndex.load(run_dir, all_facts=True)  # also checks the run; builds the flat index once
+    data = Path(json.loads((Path(run_dir) / "run.json").read_text())["data"])
+    records = load_dataset(data).records
+    picked = np.sort(np.random.default_rng(seed).choice(len(records), min(n_queries, len(records)), replace=False))
+    images = read_images([records[i].image for i in picked], index.image_size)
+    with torch.no_grad():
+        queries = torch.cat([index.model.encode_images(images[i : i + 256]) for i in range(0, len(images), 256)])
+    facts = index.index.index.reconstruct_n(0, index.index.index.ntotal)  # the embeddings the flat index holds
+    return np.ascontiguousarray(facts, dtype=np.float32), queries.numpy().astype(np.float32)
+
+
+def bench_ann(rep: Report, data: str, n_facts: int, n_queries: int, repeats: int, size: dict, targets: bool,
+              run: str | None = None) -> None:
+    """Sweep each approximate index's search knob upwards until recall@10 reaches 0.95: over
+    synthetic embeddings (``data`` clustered or fact-structured), or a trained ``run``'s (learned)."""
+    if run is not None:
+        facts, queries = learned_space(run, n_queries)
+        n_facts, n_queries = len(facts), len(queries)
+    else:
+        facts, queries = (clustered_space if data == "clustered" else fact_space)(n_facts, n_queries, seed=2)
     cpu = torch.device("cpu")
     build = {}
     start = time.perf_counter()
@@ -520,6 +544,9 @@ def main() -> None:
     parser.add_argument("--no-cuda", action="store_true", help="skip the GPU variants")
     parser.add_argument("--only", nargs="+", choices=["importance", "step", "pipeline", "eval", "ann", "memory"],
                         help="run only these sections")
+    parser.add_argument("--ann-run", nargs="+", metavar="RUN",
+                        help="also sweep the approximate indexes over these trained runs' embeddings (every "
+                             "fact of the run; queries: a seeded sample of its data set's images), with --only ann")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--world", help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
@@ -572,6 +599,10 @@ def main() -> None:
             print(f"[5] approximate indexes over {size['ann_facts']:,} facts", flush=True)
             bench_ann(rep, "clustered", size["ann_facts"], size["ann_queries"], repeats, size, targets=True)
             bench_ann(rep, "fact-structured", size["ann_facts"], size["ann_queries"], repeats, size, targets=False)
+        for run in args.ann_run or []:
+            print(f"[5] approximate indexes over the learned embeddings of {run}", flush=True)
+            bench_ann(rep, f"learned ({Path(run).name})", 0, size["ann_queries"], repeats, size,
+                      targets=False, run=run)
     elapsed = time.perf_counter() - start
     print(f"\n{rep.table()}\n\ntotal {elapsed:.0f} s ({mode})")
     if args.json:
