@@ -287,7 +287,11 @@ def test_sweep_writes_the_tradeoff_and_the_lambdas_it_picks(checkout, tmp_path):
         name, lam = (run.variant.rsplit("-lam", 1) + ["0"])[:2]
         b1, b2 = accuracy[name][float(lam)] if name in accuracy else (0.4, 0.95)
         _write_run(plan.run_dir(run), run.method, [[0.9, 0.0], [b1, b2]])
-    args = argparse.Namespace(metric="top1", val_fraction=0.2, split="random", tasks=2, seeds=1)
+    args = argparse.Namespace(metric="top1", val_fraction=0.2, split="random", tasks=2, seeds=1, no_record=True)
+    sweep.write_sweep(plan, exp, grids, args, "a diagnostic: --no-record")
+    assert not (checkout / reproduce.CONFIG_DIR / "lambda-faithful.yaml").exists()
+    assert "Recorded in" not in (plan.out / "tradeoff.md").read_text()
+    args.no_record = False
     text = sweep.write_sweep(plan, exp, grids, args, "scripts/sweep_lambda.py --method mas l2 mas-noise finetune")
     page = (plan.out / "tradeoff.md").read_text()
     assert "| mas | 1 | 75.0 |" in page and "| l2 | 0.1 | 75.0 |" in page and "ties go to the smaller lambda" in page

@@ -112,6 +112,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[float] | None]
     p.add_argument("--metric", choices=list(METRICS), default="top1")
     p.add_argument("--experiments", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="Print the runs and their optimizer steps and exit.")
+    p.add_argument("--no-record", action="store_true",
+                   help="Leave the protocol's lambda file as it is (a diagnostic sweep: other seeds or a narrower grid).")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         p.error("--val-fraction must be in (0, 1)")
@@ -243,7 +245,7 @@ def record_lambdas(plan: Plan, exp: Experiments, grids: dict, picked: dict[str, 
     lambda file; None under scratch or when no curve is complete."""
     variants = plan.protocol.variants
     own = {n: p for n, p in picked.items() if p is not None and not (n in variants and variants[n].lam_from)}
-    if plan.protocol.path is None or not own:
+    if plan.protocol.path is None or not own or getattr(args, "no_record", False):
         return None
     when = now()
     choices = {n: LambdaChoice(p.lam, round(p.score, 6), args.metric, list(plan.seeds), list(grids[n]), command, when)
