@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from factlearn.data.manifest import load_dataset
+
 CONFIG = {
     "model": {"backbone": "resnet", "image_size": 32, "slot_dim": 32, "word_dim": 32, "text_hidden": 64,
               "backbone_config": {"embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1]}},
@@ -80,6 +82,32 @@ def phases(output: str, kind: str) -> float:
     return total
 
 
+def store_stage(data: Path, log: Path, env: dict) -> tuple[float, float]:
+    """Decode ``data``'s images into the store of ``env``'s FACTLEARN_IMAGE_CACHE: (seconds, peak RSS MB).
+    open_images builds (or maps) the store without copying it into memory, as training opens it."""
+    code = ("import sys; from factlearn.data.manifest import load_dataset; from factlearn.data.images import "
+            "open_images; d = load_dataset(sys.argv[1]); "
+            "s = open_images([r.image for r in d.records], 32, data_dir=d.root); assert s.mapped, 'no store'")
+    s, rss, _ = child([sys.executable, "-c", code, str(data)], log, env)
+    return s, rss
+
+
+def store_again(data: Path, work: Path, env: dict) -> dict:
+    """The store stage alone, over a data directory an earlier run generated, into a fresh store
+    folder under ``work`` (removed afterwards): its row."""
+    dataset = load_dataset(data)
+    facts, images = len(dataset.facts), len(dataset.records)
+    cache = work / "store-again"
+    shutil.rmtree(cache, ignore_errors=True)
+    (cache / "logs").mkdir(parents=True)
+    try:
+        s, rss = store_stage(data, cache / "logs" / "store.log", {**env, "FACTLEARN_IMAGE_CACHE": str(cache / "cache")})
+    finally:
+        shutil.rmtree(cache / "cache", ignore_errors=True)
+    print(f"{facts:>8} facts  {'store':<10} {s:9.1f} s  {rss:8.0f} MB", flush=True)
+    return {"facts": facts, "images": images, "stage": "store", "seconds": round(s, 2), "peak_rss_mb": round(rss, 1)}
+
+
 def run_size(facts: int, work: Path, env: dict, preset: str = "lsc") -> list[dict]:
     """Every stage at ``facts`` facts; the rows of the JSON."""
     py = [sys.executable, "-m", "factlearn"]
@@ -99,16 +127,10 @@ def run_size(facts: int, work: Path, env: dict, preset: str = "lsc") -> list[dic
     images = 0
     s, rss, _ = child(py + ["synth", str(data), "--preset", preset, "--facts", str(facts), "--images-per-fact", "4",
                             "--size", "32", "--workers", "2"], root / "logs" / "data.log", env)
-    from factlearn.data.manifest import load_dataset
-
     dataset = load_dataset(data)
     images = len(dataset.records)
     row("data", s, rss)
-    # open_images builds (or maps) the store without copying it into memory, as training opens it
-    code = ("import sys; from factlearn.data.manifest import load_dataset; from factlearn.data.images import "
-            "open_images; d = load_dataset(sys.argv[1]); "
-            "s = open_images([r.image for r in d.records], 32, data_dir=d.root); assert s.mapped, 'no store'")
-    s, rss, _ = child([sys.executable, "-c", code, str(data)], root / "logs" / "store.log", env)
+    s, rss = store_stage(data, root / "logs" / "store.log", env)
     row("store", s, rss)
     config = root / "bench.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
@@ -148,7 +170,18 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="Write the rows there.")
     p.add_argument("--preset", default="lsc", help="World preset of factlearn synth (lsc; others for a smoke test).")
     p.add_argument("--work", type=Path, default=Path("results/bench-scale"), help="Scratch folder (replaced per size).")
+    p.add_argument("--store-again", type=Path, metavar="DATA",
+                   help="Measure only the store stage, over DATA (a data directory an earlier run generated, e.g. "
+                        "WORK/200000/data), into a fresh store folder; its row goes to --json.")
     args = p.parse_args()
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    if args.store_again is not None:
+        print(f"bench_scale: the store of {args.store_again}, load average {os.getloadavg()[0]:.1f}", flush=True)
+        row = store_again(args.store_again.resolve(), args.work.resolve(), env)
+        if args.json:
+            args.json.write_text(json.dumps([row], indent=1) + "\n")
+        return 0
     try:
         sizes = [int(v) for v in (args.sizes or "2000,20000,200000").split(",")]
     except ValueError:
@@ -157,8 +190,6 @@ def main() -> int:
         sizes = [s for s in sizes if s <= 20_000]
     if not sizes or min(sizes) < 100:
         p.error("--sizes: at least one size, each at least 100 facts")
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", "1")
     print(f"bench_scale: sizes {sizes}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows: list[dict] = []
