@@ -33,6 +33,14 @@ def add_importance(run_dir: str | Path, images: str | Path, device: str | torch.
         ``{"checkpoint": task name, "images": number of images used, "source": str(images)}``.
     """
     run = RunDir(run_dir)
+    run.config()  # a directory that is not a run is told before anything is created in it
+    # The checkpoint is read, changed and written back under the run's lock: a training process
+    # writing to the run at the same time is refused, not raced.
+    with run.lock():
+        return _add_importance(run, images, device)
+
+
+def _add_importance(run: RunDir, images: str | Path, device: str | torch.device) -> dict:
     model, task = run.load_model(None, device)
     cfg = run.config().method
     method = create_method(cfg)

@@ -402,6 +402,14 @@ def test_importance_command_adds_image_importance_only(runs, tiny_world, tiny_co
     assert r.exit_code == 0, r.output
     assert "image_tower.p_head.weight" in r.output and "mean" in r.output
 
+    # a process holding the run (training into it) is waited for, not raced: refused, nothing written
+    from factlearn.run import RunDir
+
+    with RunDir(run).lock():
+        r = invoke("importance", run, "--images", tiny_world / "images", "--device", "cpu")
+    assert r.exit_code == 2 and "in use by another factlearn process" in r.output, r.output
+    assert json.loads((run / "checkpoints" / "B2" / "state.json").read_text()) == state
+
 
 def test_importance_command_errors(runs, tiny_world, tiny_config):
     run = train_run(runs, tiny_world, tiny_config, "finetune")
