@@ -18,6 +18,10 @@ a ratio is taken per repeat from measurements made back to back):
                on clustered data (targets) and on fact-structured data (harder; for information).
 6. memory      MAS state after 3 simulated tasks (tensor count); peak RSS of a short training
                run (child process) with MAS vs finetune.
+7. negatives   one training step with ``loss.negatives: all`` vs ``sampled`` (K = the default
+               num_negatives), per stage size F (facts of the task), on a world of the large
+               preset: where sampling starts to pay (the step's candidate selection, wildcard
+               exclusion, both towers, backward and optimizer step: the library's own code).
 
 Synthetic embeddings (sections 4, 5) are NOT uniform random vectors, which have no neighbour
 structure. ``fact_space`` mimics the fact table itself: a fact is <S>, <S,P> or <S,P,O>, each
@@ -42,6 +46,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,16 +69,17 @@ from factlearn.data.synth import generate_world
 from factlearn.distributed import Towers
 from factlearn.retrieval.index import FactIndex
 from factlearn.training import Session, StepInput, train_step
+from factlearn.training.task import step_generator, step_input
 
 # Sizes per mode. "full" is the issue's scale; "quick" must finish within 5 minutes on 2 cores.
 # IVF lists: 1 to 2 sqrt(F) (k-means over more lists costs minutes at 1M facts on 2 cores).
 SIZES = {
     "quick": dict(world_facts=24, images_per_fact=20, importance_samples=64, pipeline_batches=4, steps=3,
                   eval_large=(50_000, 5_000), ann_facts=100_000, ann_queries=2_000, ann_M=32, ann_efc=80, ann_nlist=512,
-                  repeats=3, rss_epochs=1),
+                  repeats=3, rss_epochs=1, negatives_facts=[500, 1_000, 2_000, 4_000]),
     "full": dict(world_facts=48, images_per_fact=40, importance_samples=256, pipeline_batches=12, steps=5,
                  eval_large=(200_000, 50_000), ann_facts=1_000_000, ann_queries=10_000, ann_M=32, ann_efc=100, ann_nlist=1024,
-                 repeats=5, rss_epochs=2),
+                 repeats=5, rss_epochs=2, negatives_facts=[500, 1_000, 2_000, 5_000, 10_000, 20_000]),
 }
 SIX_DS = (186, 14_000)  # facts x test images of 6DS
 K = 10
@@ -519,6 +525,49 @@ def bench_rss(rep: Report, world: Path, device: torch.device, epochs: int, tag: 
     rep.add("memory", f"peak MAS / finetune [{tag}]", "x", peaks["mas"][key] / peaks["finetune"][key])
 
 
+def bench_negatives(rep: Report, root: Path, stage_facts: list[int], repeats: int, steps: int,
+                    device: torch.device) -> dict[int, dict[str, list[float]]]:
+    """Section 7: seconds per training step with every fact of the stage as candidates (``all``)
+    and with the batch's own plus K drawn (``sampled``, K = ``loss.num_negatives``'s default), for
+    stages of about each of ``stage_facts`` facts (one world of the large preset, split into
+    max/F tasks), steps alternating. Returns {F: {"all": [...], "sampled": [...]}} per stage."""
+    n = max(stage_facts)
+    world = root / "negatives-world"
+    generate_world(world, seed=0, preset="lsc", facts=n, images_per_fact=2, size=64,
+                   workers=min(2, os.cpu_count() or 1))
+    data = load_dataset(world)
+    out = {}
+    for want in stage_facts:
+        cfg = Config()  # the default model (ResNet, 64 px) and loss
+        cfg.train.batch_size = BATCH
+        cfg.split.tasks = max(1, round(n / want))
+        s = Session(data, cfg, seed=0, device=device, progress=False)
+        stage = s.stage(0)
+        rows = s.rows(stage, test=False)
+        targets, wildcards = s.labels(stage.facts, rows)
+        tokens, mask = s.tokens[stage.facts].to(device), s.slot_mask[stage.facts].to(device)
+        opt, sel = s.optimizer(), torch.arange(BATCH) % len(rows)
+        x = to_model_input(s.images[rows[sel.numpy()]].to(device))
+        s.model.train()
+
+        def run(kind: str) -> Callable[[], None]:
+            def go() -> None:
+                s.cfg.loss.negatives = kind
+                batch = step_input(s, x, targets[sel], targets[sel], wildcards, tokens, mask, step_generator(0, 0, 0))
+                train_step(s.model, s.method, opt, Towers(s.model), batch, s.cfg.loss)
+
+            return go
+
+        t = paired({"all": run("all"), "sampled": run("sampled")}, repeats * steps, device)
+        f, k = len(stage.facts), cfg.loss.num_negatives
+        rep.add("negatives", f"step, all ({f:,} facts) [{device.type}]", "ms", [1e3 * v for v in t["all"]])
+        rep.add("negatives", f"step, sampled K={k:,} ({f:,} facts) [{device.type}]", "ms",
+                [1e3 * v for v in t["sampled"]])
+        ratio(rep, "negatives", f"all / sampled step time ({f:,} facts) [{device.type}]", t["all"], t["sampled"], "", None)
+        out[f] = t
+    return out
+
+
 def rss_child(method: str, world: str, device: str, epochs: int) -> None:
     """Run a short training (3 tasks) and print its peak memory as JSON on the last line."""
     from factlearn.training import train
@@ -542,7 +591,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every measurement to this JSON file")
     parser.add_argument("--repeats", type=int, help="timed repeats per measurement (default: 3 quick, 5 full)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the GPU variants")
-    parser.add_argument("--only", nargs="+", choices=["importance", "step", "pipeline", "eval", "ann", "memory"],
+    parser.add_argument("--only", nargs="+", choices=["importance", "step", "pipeline", "eval", "ann", "memory",
+                                                      "negatives"],
                         help="run only these sections")
     parser.add_argument("--ann-run", nargs="+", metavar="RUN",
                         help="also sweep the approximate indexes over these trained runs' embeddings (every "
@@ -559,7 +609,7 @@ def main() -> None:
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
     repeats = args.repeats or size["repeats"]
-    sections = set(args.only or ["importance", "step", "pipeline", "eval", "ann", "memory"])
+    sections = set(args.only or ["importance", "step", "pipeline", "eval", "ann", "memory", "negatives"])
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
@@ -599,6 +649,11 @@ def main() -> None:
             print(f"[5] approximate indexes over {size['ann_facts']:,} facts", flush=True)
             bench_ann(rep, "clustered", size["ann_facts"], size["ann_queries"], repeats, size, targets=True)
             bench_ann(rep, "fact-structured", size["ann_facts"], size["ann_queries"], repeats, size, targets=False)
+        if "negatives" in sections:
+            for device in devices:
+                print(f"[7] negatives: all vs sampled per stage size ({device.type})", flush=True)
+                bench_negatives(rep, Path(tmp), size["negatives_facts"], repeats, size["steps"], device)
+                shutil.rmtree(Path(tmp) / "negatives-world")
         for run in args.ann_run or []:
             print(f"[5] approximate indexes over the learned embeddings of {run}", flush=True)
             bench_ann(rep, f"learned ({Path(run).name})", 0, size["ann_queries"], repeats, size,

@@ -68,7 +68,7 @@ def test_sample_facts_holds_the_batch_and_k_others():
 
 
 def test_config_checks_the_options(tiny_config):
-    assert load_config(tiny_config).loss.negatives == "all"
+    assert load_config(tiny_config).loss.negatives == "auto"
     with pytest.raises(UserError, match="loss.negatives"):
         load_config(tiny_config, {"loss.negatives": "some"})
     with pytest.raises(UserError, match="loss.num_negatives"):
@@ -157,3 +157,24 @@ def test_sampled_resumes_bit_identically(monkeypatch, tmp_path, tiny_world, cfg_
     monkeypatch.undo()
     train(tiny_world, cfg, tmp_path / "run", device="cpu", resume=True)
     assert_same_run(sampled_run, tmp_path / "run")
+
+
+def test_auto_samples_only_above_the_measured_crossover():
+    from factlearn.config import SAMPLED_ABOVE, LossConfig
+
+    assert LossConfig().negatives == "auto"
+    assert LossConfig().negatives_for(SAMPLED_ABOVE) == "all"
+    assert LossConfig().negatives_for(SAMPLED_ABOVE + 1) == "sampled"
+    for kind in ("all", "sampled"):  # an explicit choice holds at any size
+        assert {LossConfig(negatives=kind).negatives_for(n) for n in (10, 10 * SAMPLED_ABOVE)} == {kind}
+
+
+def test_a_run_saved_with_all_compares_equal_to_auto_where_they_train_alike(tiny_config):
+    from factlearn.config import SAMPLED_ABOVE
+    from factlearn.training.state import comparable_config
+
+    saved, here = load_config(tiny_config, {"loss.negatives": "all"}), load_config(tiny_config)
+    assert comparable_config(saved, 186) == comparable_config(here, 186)  # --resume of an older run goes on
+    assert comparable_config(saved, SAMPLED_ABOVE + 1) != comparable_config(here, SAMPLED_ABOVE + 1)
+    sampled = load_config(tiny_config, {"loss.negatives": "sampled"})
+    assert comparable_config(sampled, 186) != comparable_config(here, 186)

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..io import read_json, read_yaml_document
 from ..results import Metrics
 from ..run import RunDir
-from ..training.state import RESUME_MAY_CHANGE, flatten_config
+from ..training.state import RESUME_MAY_CHANGE, comparable_config, flatten_config
 from .children import call, child_env
 from .plan import Plan, RunSpec
 
@@ -112,12 +112,13 @@ def config_mismatch(plan: Plan, run: RunSpec, cfg: dict) -> str | None:
     want = from_dict(Config, cfg)
     want.split.tasks_file = str(plan.tasks_file(run.sequence).resolve())
     want.method.importance_data = str(plan.view_dir(run.importance)) if run.importance else None
-    saved = flatten_config(run_dir.config().to_dict())
+    num_facts = len(read_json(run_dir.file("facts.json"))) if run_dir.file("facts.json").is_file() else 0
+    saved = comparable_config(run_dir.config(), num_facts)
     if want.model.pretrained and isinstance(saved.get("model.backbone_config"), dict):
         # a run records the pretrained folder's whole architecture there (resolve_pretrained): the keys
         # the config gives must agree, the others come from the folder
         saved["model.backbone_config"] = {k: saved["model.backbone_config"].get(k) for k in want.model.backbone_config}
-    for key, value in flatten_config(want.to_dict()).items():
+    for key, value in comparable_config(want, num_facts).items():
         if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
             return f"{key} is {saved.get(key)!r} there, {value!r} here"
     return None

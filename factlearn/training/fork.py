@@ -35,7 +35,7 @@ from ..data.fingerprint import fingerprint_difference
 from ..errors import UserError
 from ..run import STATE, RunDir, load_weights
 from .session import Session
-from .state import (RESUME_MAY_CHANGE, checkpoint_state, epochs_trained, flatten_config, metric_rows, set_rng_state,
+from .state import (RESUME_MAY_CHANGE, checkpoint_state, comparable_config, epochs_trained, metric_rows, set_rng_state,
                     trainer_tensors, validation_curves)
 
 PARENTS = ("finetune", "joint")  # methods whose first-task checkpoint holds nothing of their own
@@ -68,7 +68,8 @@ def check_parent(parent_dir: str | Path, cfg: Config, seed: int, fingerprint: di
                         f"{' or '.join(PARENTS)} (their first checkpoint holds no state of their own)")
     if len(s.tasks) < 2:
         raise UserError(f"{where}: the task sequence has one task; there is nothing to train after it")
-    mine, theirs = flatten_config(cfg.to_dict()), flatten_config(parent_cfg.to_dict())
+    num_facts = len(s.dataset.facts.facts)
+    mine, theirs = comparable_config(cfg, num_facts), comparable_config(parent_cfg, num_facts)
     for key, value in mine.items():
         if not key.startswith("method.") and key not in RESUME_MAY_CHANGE and theirs.get(key) != value:
             raise UserError(f"{where}: config {key} is {theirs.get(key)!r} there but {value!r} here; only the "

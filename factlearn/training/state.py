@@ -146,8 +146,9 @@ def check_resume(run: RunDir, cfg: Config, seed: int, dataset: Dataset, fingerpr
     fingerprint must equal data.json's (a run written before the fingerprint existed is not
     checked, with a warning) and its facts those of facts.json; otherwise a one-line UserError says
     what differs. Cheap: called before the images are decoded; :func:`restore` checks the rest."""
-    saved_cfg = flatten_config(run.config().to_dict())
-    for key, value in flatten_config(cfg.to_dict()).items():
+    num_facts = len(dataset.facts.facts)
+    saved_cfg = comparable_config(run.config(), num_facts)
+    for key, value in comparable_config(cfg, num_facts).items():
         if key not in RESUME_MAY_CHANGE and saved_cfg.get(key) != value:
             raise UserError(f"--resume: config {key} is {value!r} here but {saved_cfg.get(key)!r} in "
                             f"{run.file('config.yaml')}; resume with the run's own config")
@@ -292,3 +293,13 @@ def validation_curves(state: object, folder: Path) -> dict[str, list[float]]:
 def flatten_config(cfg: dict) -> dict:
     """Config.to_dict() -> {"section.key": value}."""
     return {f"{section}.{key}": v for section, values in cfg.items() for key, v in values.items()}
+
+
+def comparable_config(cfg: Config, num_facts: int) -> dict:
+    """The flat config (:func:`flatten_config`) as runs over a data set of ``num_facts`` facts
+    compare it (``--resume``, ``--start-from``, a reproduction's existing runs): ``loss.negatives``
+    as what it does for a stage of at most that many facts, so that ``auto`` (the default since
+    the crossover was measured) and the ``all`` a run saved before then agree where they train alike."""
+    flat = flatten_config(cfg.to_dict())
+    flat["loss.negatives"] = cfg.loss.negatives_for(num_facts)
+    return flat

@@ -22,7 +22,7 @@ from ..distributed import data_parallel
 from ..errors import Interrupted
 from ..progress import phase, progress_bar
 from .schedule import Plateau, lr_at, task_steps
-from .session import Session
+from .session import Session, Wildcards
 from .signals import StopRequest
 from .state import Partial, load_optimizer, set_rng_state
 from .step import StepInput, train_step
@@ -107,18 +107,9 @@ def train_task(
                     lr = lr_at(done, total_steps, cfg.lr, cfg.lr_schedule)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    if s.cfg.loss.negatives == "sampled":
-                        facts = sample_facts(targets_all[sel], len(stage.facts), s.cfg.loss.num_negatives,
-                                             step_generator(s.seed, t, done))
-                        targets = torch.searchsorted(facts, targets_all[mine])  # (b,) into the sampled facts
-                        exclude = wildcards.exclude(targets_all[mine], facts)
-                        step_facts = facts.to(s.device)
-                        tokens, mask = fact_tokens[step_facts], fact_mask[step_facts]
-                    else:
-                        targets, exclude = targets_all[mine], wildcards[targets_all[mine]]
-                        tokens, mask = fact_tokens, fact_mask
-                    batch_in = StepInput(x, targets.to(s.device), exclude.to(s.device), tokens, mask,
-                                         s.dist.share(len(mine), len(sel)))
+                    batch_in = step_input(s, x, targets_all[sel], targets_all[mine], wildcards, fact_tokens,
+                                          fact_mask, step_generator(s.seed, t, done),
+                                          s.dist.share(len(mine), len(sel)))
                     loss, penalty = train_step(model, s.method, opt, forward, batch_in, s.cfg.loss, s.dist,
                                                f"task {task.name} (step {done + 1})")
                     done += 1
@@ -145,6 +136,25 @@ def train_task(
     with phase(f"{s.method.name} {what} after {task.name}", s.progress and computes):
         s.method.after_task(model, s.importance_data(t))
     return epochs
+
+
+def step_input(s: Session, x: torch.Tensor, global_targets: torch.Tensor, targets: torch.Tensor,
+               wildcards: Wildcards, fact_tokens: torch.Tensor, fact_mask: torch.Tensor, gen: torch.Generator,
+               share: float = 1.0) -> StepInput:
+    """One step's input: the images ``x`` of this rank's ``targets`` (indices into the stage's facts)
+    and the facts they are scored against, per ``loss.negatives`` (auto: by the stage's size):
+    every fact of the stage (``fact_tokens``, ``fact_mask``), or the global batch's own
+    (``global_targets``) plus K drawn by ``gen``, with the targets and the wildcard exclusion
+    re-indexed into that set."""
+    if s.cfg.loss.negatives_for(len(fact_tokens)) == "sampled":
+        facts = sample_facts(global_targets, len(fact_tokens), s.cfg.loss.num_negatives, gen)
+        exclude = wildcards.exclude(targets, facts)
+        targets = torch.searchsorted(facts, targets)  # (b,) into the sampled facts
+        step_facts = facts.to(s.device)
+        tokens, mask = fact_tokens[step_facts], fact_mask[step_facts]
+    else:
+        exclude, tokens, mask = wildcards[targets], fact_tokens, fact_mask
+    return StepInput(x, targets.to(s.device), exclude.to(s.device), tokens, mask, share)
 
 
 def step_generator(seed: int, t: int, step: int) -> torch.Generator:
