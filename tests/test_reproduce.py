@@ -40,8 +40,14 @@ def exp() -> config.Experiments:
 def test_plan_of_every_suite(exp, tmp_path):
     plan = plans.make_plan(exp, list(config.SUITES), "quick", 1, tmp_path)
     ids = set(plan.runs)
-    # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared
-    assert len(ids) == 27
+    # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared;
+    # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both
+    assert len(ids) == 27 + 5
+    assert plan.suites["adaptation-facts"][0] == "random2-facts"
+    assert [e.variant for e in plan.suites["adaptation-facts"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12",
+                                                                      "mas-imp-B1"]
+    assert plan.runs["random2-facts/seed0/mas"].probes == ("random2-facts-B11-test", "random2-facts-B12-test")
+    assert plan.runs["random2-facts/seed0/mas-imp-B1"].parent == "random2-facts/seed0/finetune"
     assert {f"random2/seed0/{m}" for m in METHODS} <= ids
     assert {"random2/seed0/mas-imp-B11", "random2/seed0/mas-imp-B12", "random4/seed0/mas-imp-group-colour-train"} <= ids
     shared = plan.runs["random2/seed0/mas"]  # two-task and adaptation: one run, probed on both halves
@@ -367,3 +373,47 @@ def test_tiny_reproduction_of_the_faithful_protocol_end_to_end(tiny_world, tmp_p
     assert reproduce.main(argv, ROOT) == 0  # everything complete: skipped, the pretrained config matches
     printed = capsys.readouterr().out
     assert printed.count(": skipped") == 4 and "trained" not in printed.replace("0 to train", "")
+
+
+def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
+    """adaptation-facts: `split --adaptation` (halves of B1's facts, held-out images); importance
+    views of each half's held-out images and of both; probe views of each half's test images;
+    the table's "B11 test" columns come from those probes."""
+    from click.testing import CliRunner
+
+    from factlearn.cli import main as factlearn_main
+    from factlearn.data.manifest import load_dataset
+    from factlearn.data.splits import image_splits, load_tasks_file
+    from factlearn.experiments.prepare import split_options, view_rows
+
+    plan = plans.make_plan(exp, ["adaptation-facts"], "quick", 1, tmp_path, tiny_world)
+    seq = "random2-facts"
+    assert "--adaptation" in split_options(plan, seq) and "--adaptation-images" not in split_options(plan, seq)
+    result = CliRunner().invoke(factlearn_main, ["split", str(tiny_world), *split_options(plan, seq),
+                                                 "--out", str(plan.tasks_file(seq))])
+    assert result.exit_code == 0, result.output
+    world = load_dataset(tiny_world)
+    task_file = load_tasks_file(plan.tasks_file(seq), world)
+    is_test, facts = image_splits(world, plan.test_fraction, plan.split_seed), world.fact_ids()
+    rows = {name: view_rows(plan, view) for name, view in plan.views.items()}
+    for half in ("B11", "B12"):
+        held_out = rows[f"{seq}-{half}"]
+        assert held_out == list(task_file.adaptation[half]) and held_out
+        assert {facts[i] for i in held_out} <= set(task_file.adaptation_facts[half])
+        test = rows[f"{seq}-{half}-test"]
+        assert test and all(is_test[i] for i in test) and not set(test) & set(held_out)
+        assert {facts[i] for i in test} == set(task_file.adaptation_facts[half])
+    assert rows[f"{seq}-B1"] == sorted(rows[f"{seq}-B11"] + rows[f"{seq}-B12"])
+    assert not set(task_file.adaptation_facts["B11"]) & set(task_file.adaptation_facts["B12"])
+
+    for run in plan.runs.values():
+        _write_run(plan.run_dir(run), run.method, [[0.5, 0.5], [0.5, 0.5]], tasks=["B1", "B2"])
+        for view in run.probes:
+            acc = 0.8 if view.endswith("B11-test") else 0.6
+            after = {t: {p: {u: {"top1": acc, "top5": 1.0, "n": 10} for u in ("B1", "B2")} for p in PROTOCOLS}
+                     for t in ("B1", "B2")}
+            atomic_write_text(plan.probe_file(run, view), json.dumps({"after": after}))
+    sections = tables.suite_sections("adaptation-facts", exp.suites["adaptation-facts"],
+                                     tables.collect(plan, "adaptation-facts"))
+    assert "| method | B1 test top-1 | B2 test top-1 | B11 test top-1 | B12 test top-1 |" in sections[0]
+    assert "| mas (importance: held-out images of B11) | 50.0 | 50.0 | 80.0 | 60.0 |" in sections[0]

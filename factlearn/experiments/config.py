@@ -32,7 +32,8 @@ from pathlib import Path
 from ..config import Config, from_dict, read_yaml
 from ..errors import UserError
 
-SUITES = ("two-task", "four-task", "semantic", "adaptation", "topic")
+SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic")
+ADAPTATION_SUITES = ("adaptation", "adaptation-facts")  # B11/B12 tables: image halves, fact halves
 
 
 @dataclass

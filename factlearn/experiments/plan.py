@@ -25,7 +25,8 @@ from ..errors import UserError
 from .config import Experiments, WorldSpec
 from .protocols import SCRATCH_PROTOCOL, Protocol
 
-HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation-images` names them
+HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation[-images]` names them
+FACT_HALVES = "-facts"  # the suffix of a sequence split with `--adaptation` (fact-level halves)
 VARIANT_SUITES = ("two-task",)  # the suites a protocol's variants (:mod:`.protocols`) are rows of
 
 
@@ -34,7 +35,11 @@ class View:
     """A small data directory holding some of the data's rows: an importance source or a probe set."""
 
     name: str
-    kind: str  # "half" (an adaptation half of `sequence`'s first task), "group-train", "group-test"
+    # "half": an adaptation half's images in the task file (--adaptation-images: half of the first
+    # task's training images; --adaptation: the held-out images of half of its facts); "halves": both
+    # halves' held-out images; "half-test": the test images of a fact-level half's facts;
+    # "group-train", "group-test": a group's training or test images
+    kind: str
     sequence: str | None = None
     half: str | None = None  # "B11" / "B12"
     group: str | None = None
@@ -78,7 +83,7 @@ class Plan:
     seeds: list[int]
     split_seed: int  # of the task files and of the train/test draw for rows without a split
     test_fraction: float
-    sequences: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (kind, tasks)
+    sequences: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (kind, tasks); FACT_HALVES: see split_options
     views: dict[str, View] = field(default_factory=dict)
     runs: dict[str, RunSpec] = field(default_factory=dict)  # by id; shared runs merged
     suites: dict[str, tuple[str, list[Entry]]] = field(default_factory=dict)  # suite -> (sequence, entries)
@@ -150,7 +155,7 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
         if suite not in exp.suites:
             raise UserError(f"suite {suite!r} is not in {exp.path}")
         sc = exp.suites[suite]
-        seq = f"{sc.split}{sc.tasks}"
+        seq = f"{sc.split}{sc.tasks}" + (FACT_HALVES if suite == "adaptation-facts" else "")
         plan.sequences[seq] = (sc.split, sc.tasks)
         probes: tuple[str, ...] = ()
         sources: list[tuple[str, str]] = []  # (label, view name) of the --importance-data variants
@@ -161,6 +166,18 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
             probes = tuple(f"{seq}-{h}" for h in HALVES)
             sources = [(h, f"{seq}-{h}") for h in HALVES]
             own = "all of B1"
+        elif suite == "adaptation-facts":
+            # The MAS paper's adaptation (Table 4): B11 and B12 are halves of B1's facts; importance
+            # from unlabeled held-out images of one half, of both, or (own) B1's training images;
+            # measured on the test images of each half's facts
+            for half in HALVES:
+                plan.views[f"{seq}-{half}"] = View(f"{seq}-{half}", "half", sequence=seq, half=half)
+                plan.views[f"{seq}-{half}-test"] = View(f"{seq}-{half}-test", "half-test", sequence=seq, half=half)
+            plan.views[f"{seq}-B1"] = View(f"{seq}-B1", "halves", sequence=seq)
+            probes = tuple(f"{seq}-{h}-test" for h in HALVES)
+            sources = [(f"held-out images of {h}", f"{seq}-{h}") for h in HALVES]
+            sources.append(("held-out images of all of B1", f"{seq}-B1"))
+            own = "B1's training images"
         elif suite == "topic":
             train_view, test_view = f"group-{sc.group}-train", f"group-{sc.group}-test"
             plan.views[train_view] = View(train_view, "group-train", group=sc.group)

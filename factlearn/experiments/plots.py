@@ -11,7 +11,7 @@ import numpy as np
 
 from ..compare import compare_plots, save_png
 from ..results import PROTOCOLS
-from .config import SuiteSpec
+from .config import ADAPTATION_SUITES, SuiteSpec
 from .tables import (
     METRIC_NAMES,
     METRICS,
@@ -31,7 +31,7 @@ def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults, protoco
     runs = [str(p) for p in res.seed0.values()]
     if not runs:
         return []
-    if suite == "adaptation":
+    if suite in ADAPTATION_SUITES:
         written = [_adaptation_figure(res, proto, protocol, folder / f"halves_{proto}.png") for proto in PROTOCOLS]
     elif suite == "topic":
         written = [_topic_figure(res, sc.group, proto, protocol, folder / f"group_{sc.group}_{proto}.png")

@@ -21,7 +21,7 @@ from ..io import atomic_write_text, read_json
 from ..training.schedule import task_steps
 from .children import check_child_factlearn, factlearn_cli
 from .config import Experiments, WorldSpec
-from .plan import Plan, View
+from .plan import FACT_HALVES, HALVES, Plan, View
 from .protocols import run_config
 
 
@@ -91,7 +91,8 @@ def write_tasks_files(plan: Plan, log: Path) -> None:
 def split_options(plan: Plan, sequence: str) -> list[str]:
     """The options of the ``factlearn split`` that writes a sequence's task file (but --out)."""
     kind, tasks = plan.sequences[sequence]
-    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), "--adaptation-images",
+    halves = "--adaptation" if sequence.endswith(FACT_HALVES) else "--adaptation-images"
+    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), halves,
             "--test-fraction", str(plan.test_fraction)]
 
 
@@ -104,11 +105,20 @@ def write_config(path: Path, cfg: dict, scale: str) -> None:
 def view_rows(plan: Plan, view: View) -> list[int]:
     """Record indices (rows of the data's manifest) of a view."""
     dataset = load_dataset(plan.data)
-    if view.kind == "half":
-        halves = load_tasks_file(plan.tasks_file(view.sequence), dataset).adaptation
-        if view.half not in halves:
-            raise UserError(f"{plan.tasks_file(view.sequence)} has no adaptation half {view.half}")
-        return list(halves[view.half])
+    if view.kind in ("half", "halves", "half-test"):
+        task_file = load_tasks_file(plan.tasks_file(view.sequence), dataset)
+        halves = task_file.adaptation_facts if view.kind == "half-test" else task_file.adaptation
+        for half in [view.half] if view.half else HALVES:
+            if half not in halves:
+                raise UserError(f"{plan.tasks_file(view.sequence)} has no {'fact-level ' * (view.kind == 'half-test')}"
+                                f"adaptation half {half}")
+        if view.kind == "half":
+            return list(halves[view.half])
+        if view.kind == "halves":
+            return sorted(i for h in HALVES for i in halves[h])
+        facts = set(halves[view.half])
+        is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)
+        return [i for i, f in enumerate(dataset.fact_ids()) if f in facts and is_test[i]]
     facts = set(monitored_facts(dataset, view.group))  # a UserError names the groups the data has
     is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)  # as training draws it
     want_test = view.kind == "group-test"

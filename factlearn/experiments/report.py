@@ -35,12 +35,17 @@ SUITE_DOC = {
                   "finetune for reference. After B2: accuracy on the B1 and B2 test images, and fact recognition "
                   "on the B11 and B12 images themselves (training images of B1: how much of what was learnt on "
                   "each half is kept; the half the importance came from should keep more).",
+    "adaptation-facts": "The MAS paper's adaptation experiment (Table 4): B11 and B12 are halves of B1's FACTS, and "
+                        "0.2 of each fact's training images are held out, never trained on. MAS importance after B1 "
+                        "from the held-out images of B11 only, of B12 only, or of all of B1 (unlabeled), or from B1's "
+                        "training images; finetune for reference. After B2: accuracy on the test images of B1, B2, "
+                        "and of B11's and B12's facts (the half the importance came from should keep more).",
     "topic": "Four tasks, random split, a monitored group of facts: accuracy on the test images of the group's "
              "facts trained so far, after each task. `importance: <group> images only` computes the image "
              "tower's importance on the group's unlabeled training images (of every task) instead of each "
              "task's own images.",
 }
-HEADLINE_TABLES = {"adaptation": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
+HEADLINE_TABLES = {"adaptation": 1, "adaptation-facts": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
 
 
 def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = True) -> Path:

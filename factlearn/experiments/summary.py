@@ -30,6 +30,7 @@ import factlearn
 
 from ..io import atomic_write_text
 from ..results import PROTOCOLS
+from .config import ADAPTATION_SUITES
 from .tables import METRICS, Cell, SuiteResults, adaptation_cells, final_cells, matrix_cells, topic_cells
 
 FORMAT = "factlearn-experiments-summary"
@@ -60,7 +61,7 @@ def suite_records(protocol: str, suite: str, res: SuiteResults, group: str | Non
 
     for evaluation in PROTOCOLS:
         for metric in METRICS:
-            if suite == "adaptation":
+            if suite in ADAPTATION_SUITES:
                 for label, cells in adaptation_cells(res, evaluation, metric).items():
                     for column, cell in cells.items():
                         add(label, evaluation, metric, column, last, cell)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import PROTOCOLS, Metrics
-from .config import SuiteSpec
+from .config import ADAPTATION_SUITES, SuiteSpec
 from .execute import read_metrics, read_probe, run_diverged
 from .plan import Plan
 
@@ -163,14 +163,17 @@ def matrix_table(res: SuiteResults, label: str, proto: str, metric: str) -> str:
 
 
 def adaptation_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
-    """Per entry, after the last task: B1 and B2 test accuracy and accuracy on each half's images."""
+    """Per entry, after the last task: B1 and B2 test accuracy and accuracy on each half's probe view:
+    ``B11 images`` (image halves: the half's own images) or ``B11 test`` (fact halves, a view
+    named ``...-B11-test``: the test images of the half's facts)."""
     first, last = res.tasks[0], res.tasks[-1]
     out = {}
     for label, runs in res.metrics.items():
         cells = {f"{t} test": Cell.of(res.seeds[label], [m.final(proto)[t][metric] for m in runs]) for t in res.tasks}
         for view, probes in sorted(res.probes[label].items()):
-            half = view.rsplit("-", 1)[-1]
-            cells[f"{half} images"] = Cell.of(res.probe_seeds[label][view],
+            parts = view.split("-")
+            column = f"{parts[-2]} test" if parts[-1] == "test" else f"{parts[-1]} images"
+            cells[column] = Cell.of(res.probe_seeds[label][view],
                                               [p["after"][last][proto][first][metric] for p in probes])
         out[label] = cells
     return out
@@ -205,7 +208,7 @@ def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str =
     """The markdown tables of a suite trained under ``protocol``; the first is its headline table."""
     if not res.tasks:
         return ["No complete run yet."]
-    if suite == "adaptation":
+    if suite in ADAPTATION_SUITES:
         return [_adaptation_section(res, proto, protocol) for proto in PROTOCOLS]
     if suite == "topic":
         return [_topic_section(res, sc.group, proto, metric, protocol) for proto in PROTOCOLS for metric in METRICS]
