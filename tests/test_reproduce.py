@@ -41,8 +41,11 @@ def test_plan_of_every_suite(exp, tmp_path):
     plan = plans.make_plan(exp, list(config.SUITES), "quick", 1, tmp_path)
     ids = set(plan.runs)
     # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared;
-    # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both
-    assert len(ids) == 27 + 5
+    # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both;
+    # + the shift: mas on B1's images in the style (finetune and mas are the two-task runs)
+    assert len(ids) == 27 + 5 + 1
+    assert [e.variant for e in plan.suites["shift"][1]] == ["finetune", "mas", "mas-imp-background-B1"]
+    assert plan.runs["random2/seed0/mas-imp-background-B1"].importance == "random2-background-B1"
     assert plan.suites["adaptation-facts"][0] == "random2-facts"
     assert [e.variant for e in plan.suites["adaptation-facts"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12",
                                                                       "mas-imp-B1"]
@@ -50,8 +53,8 @@ def test_plan_of_every_suite(exp, tmp_path):
     assert plan.runs["random2-facts/seed0/mas-imp-B1"].parent == "random2-facts/seed0/finetune"
     assert {f"random2/seed0/{m}" for m in METHODS} <= ids
     assert {"random2/seed0/mas-imp-B11", "random2/seed0/mas-imp-B12", "random4/seed0/mas-imp-group-colour-train"} <= ids
-    shared = plan.runs["random2/seed0/mas"]  # two-task and adaptation: one run, probed on both halves
-    assert shared.probes == ("random2-B11", "random2-B12") and shared.importance is None
+    shared = plan.runs["random2/seed0/mas"]  # two-task, adaptation, shift: one run, probed on every view
+    assert shared.probes == ("random2-B11", "random2-B12", "test-background") and shared.importance is None
     assert plan.runs["random2/seed0/lwf"].probes == ()
     assert plan.suites["adaptation"][0] == "random2" and plan.suites["topic"][0] == "random4"
     assert [e.variant for e in plan.suites["adaptation"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12"]
@@ -130,6 +133,7 @@ def test_config_of_an_existing_run_must_match(exp, tmp_path):
     ("experiments.yaml", "{preset: small, seed: 0}", "{preset: small}", "missing key 'scales.quick.world.seed'"),
     ("experiments.yaml", "methods_file: methods.yaml", "methods_file: [methods.yaml]", "methods_file: expected str"),
     ("experiments.yaml", "group: colour, ", "", "suites.topic needs a 'group'"),
+    ("experiments.yaml", "style: background, ", "style: dusk, ", "suites.shift needs a 'style' other than clean"),
     ("quick.yaml", "epochs: 4", "epoch: 4", "'train.epoch'"),
     ("methods.yaml", "  mas: {lam: 0.3}", "  mas: {lamb: 0.3}", "'method.lamb'"),
 ])
@@ -192,7 +196,7 @@ def test_report_only_trains_nothing(exp, tmp_path, capsys):
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     # no world, no run, no log; adaptation shares the two-task finetune run
     assert set(after) - set(before) == {Path("README.md"), Path("two-task.md"), Path("adaptation.md"),
-                                        Path("summary.json")}
+                                        Path("shift.md"), Path("summary.json")}
     table = (tmp_path / "two-task.md").read_text()
     assert "| finetune | 60.0 | 80.0 |" in table and "| joint | - | - | - | - |" in table
     # the page names its task file by the command that writes it: no link to OUT/tasks/, which is
@@ -417,3 +421,59 @@ def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
                                      tables.collect(plan, "adaptation-facts"))
     assert "| method | B1 test top-1 | B2 test top-1 | B11 test top-1 | B12 test top-1 |" in sections[0]
     assert "| mas (importance: held-out images of B11) | 50.0 | 50.0 | 80.0 | 60.0 |" in sections[0]
+
+
+def test_shift_views_and_table(exp, tmp_path):
+    """shift: the world rendered again in the suite's style; the importance view holds B1's training
+    images and the probe view every test image, both restyled (same rows, other pixels); the table's
+    "B1 test, background" columns come from that probe, and a run shared with another suite shows only
+    its own suite's probes."""
+    from click.testing import CliRunner
+
+    from factlearn.cli import main as factlearn_main
+    from factlearn.data.manifest import load_dataset
+    from factlearn.data.splits import image_splits, load_tasks_file
+    from factlearn.data.synth import generate_world
+    from factlearn.experiments.prepare import check_restyled, split_options, view_rows, write_view
+
+    plan = plans.make_plan(exp, ["adaptation", "shift"], "quick", 1, tmp_path)
+    styled = plan.style_data("background")
+    assert styled == tmp_path / "data" / "world-background"
+    for out, style in ((plan.data, "clean"), (styled, "background")):
+        generate_world(out, seed=3, facts=12, images_per_fact=6, size=32, style=style, workers=1)
+    check_restyled(plan.data, styled)
+    result = CliRunner().invoke(factlearn_main, ["split", str(plan.data), *split_options(plan, "random2"),
+                                                 "--out", str(plan.tasks_file("random2"))])
+    assert result.exit_code == 0, result.output
+    world = load_dataset(plan.data)
+    is_test, facts = image_splits(world, plan.test_fraction, plan.split_seed), world.fact_ids()
+    b1 = set(load_tasks_file(plan.tasks_file("random2"), world).tasks[0].facts)
+    train, test = view_rows(plan, plan.views["random2-background-B1"]), view_rows(plan, plan.views["test-background"])
+    assert train == [i for i in range(len(facts)) if facts[i] in b1 and not is_test[i]] and train
+    assert test == [i for i in range(len(facts)) if is_test[i]] and test
+    write_view(styled, train, plan.view_dir("random2-background-B1"))
+    written = load_dataset(plan.view_dir("random2-background-B1"))
+    assert all(r.image.samefile(load_dataset(styled).records[i].image) for r, i in zip(written.records, train))
+    assert written.records[0].image.read_bytes() != world.records[train[0]].image.read_bytes()  # other pixels
+
+    other = tmp_path / "other"  # another world is not the same world restyled
+    generate_world(other, seed=4, facts=12, images_per_fact=6, size=32, style="dark", workers=1)
+    with pytest.raises(UserError, match="not .* in another style"):
+        check_restyled(plan.data, other)
+    with pytest.raises(UserError, match="cannot run on --data"):
+        plans.make_plan(exp, ["shift"], "quick", 1, tmp_path, plan.data)
+
+    for run in plan.runs.values():
+        _write_run(plan.run_dir(run), run.method, [[0.9, 0.0], [0.5, 0.8]])
+        for view in run.probes:
+            acc = {"B1": 0.4 if run.importance == "random2-background-B1" else 0.3, "B2": 0.6}
+            after = {t: {p: {u: {"top1": 0.7 if t == "B1" else acc[u], "top5": 1.0, "n": 10} for u in ("B1", "B2")}
+                         for p in PROTOCOLS} for t in ("B1", "B2")}
+            atomic_write_text(plan.probe_file(run, view), json.dumps({"after": after}))
+    sections = tables.suite_sections("shift", exp.suites["shift"], tables.collect(plan, "shift"))
+    assert ("| method | B1 test after B1 top-1 | B1 test top-1 | B2 test top-1 | B1 test, background after B1 top-1 | "
+            "B1 test, background top-1 | B2 test, background top-1 | B1 test after B1 top-5 |" in sections[0])
+    assert "| mas (importance: B1's training images, background) | 90.0 | 50.0 | 80.0 | 70.0 | 40.0 | 60.0 |" in sections[0]
+    assert "| mas (importance: B1's training images, clean) | 90.0 | 50.0 | 80.0 | 70.0 | 30.0 | 60.0 |" in sections[0]
+    adaptation = tables.suite_sections("adaptation", exp.suites["adaptation"], tables.collect(plan, "adaptation"))
+    assert "background" not in adaptation[0]  # the shared mas run's shift probe is not an adaptation column

@@ -17,6 +17,7 @@ and one methods file gives, per scale and method, the method section's keys::
     suites:
       two-task: {split: random, tasks: 2}
       topic: {split: random, tasks: 4, group: colour, methods: [finetune, mas], importance: [mas]}
+      shift: {split: random, tasks: 2, style: dark, methods: [finetune, mas], importance: [mas]}
 
 A scale's ``base`` world and ``pretrain_epochs`` serve the protocols that start from a pretrained
 image tower (:mod:`.protocols`); ``protocols`` names each protocol's file.
@@ -30,28 +31,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, from_dict, read_yaml
+from ..data.synth.styles import STYLES
 from ..errors import UserError
 
-SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic")
-ADAPTATION_SUITES = ("adaptation", "adaptation-facts")  # B11/B12 tables: image halves, fact halves
+SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic", "shift")
 
 
 @dataclass
 class WorldSpec:
     """A built-in world: ``factlearn synth --preset PRESET --seed SEED`` (and, when given,
-    ``--facts``, ``--images-per-fact``, ``--size``; the preset's otherwise)."""
+    ``--facts``, ``--images-per-fact``, ``--size``, ``--style``; the preset's otherwise)."""
 
     preset: str
     seed: int
     facts: int | None = None
     images_per_fact: int | None = None
     size: int | None = None
+    style: str | None = None  # a rendering style (data.synth.styles): the same facts, ids and splits
 
     def synth_options(self) -> list[str]:
         """The options of the ``factlearn synth`` that generates it."""
-        sizes = {"--facts": self.facts, "--images-per-fact": self.images_per_fact, "--size": self.size}
+        given = {"--facts": self.facts, "--images-per-fact": self.images_per_fact, "--size": self.size,
+                 "--style": self.style}
         return ["--preset", self.preset, "--seed", str(self.seed),
-                *(a for k, v in sizes.items() if v is not None for a in (k, str(v)))]
+                *(a for k, v in given.items() if v is not None for a in (k, str(v)))]
 
 
 @dataclass
@@ -75,6 +78,7 @@ class SuiteSpec:
     methods: list[str] | None = None  # default: the file's methods
     importance: list[str] = field(default_factory=list)  # adaptation, topic: also run with --importance-data
     group: str | None = None  # topic: the monitored group
+    style: str | None = None  # shift: the test condition, a rendering style of the world (factlearn synth --style)
 
 
 @dataclass
@@ -137,6 +141,11 @@ def load_experiments(path: Path) -> Experiments:
         suites[name] = dataclasses.replace(suite, methods=list(doc.methods if suite.methods is None else suite.methods))
     if "topic" in suites and not suites["topic"].group:
         raise UserError(f"{path}: suites.topic needs a 'group'")
+    if "shift" in suites:
+        style = suites["shift"].style
+        if style in (None, "clean") or style not in STYLES:
+            raise UserError(f"{path}: suites.shift needs a 'style' other than clean: one of "
+                            f"{', '.join(s for s in STYLES if s != 'clean')}")
     for scale in world:
         for suite in suites.values():
             for m in suite.methods + suite.importance:

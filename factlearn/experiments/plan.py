@@ -5,6 +5,7 @@ Layout of the results folder OUT (of the scratch protocol; every other protocol 
 layout in OUT/P/, but for the data and the backbone, shared by the protocols of a scale)::
 
     OUT/data/world/                      the built-in world (unless --data names one)
+    OUT/data/world-<style>/              the same world in another rendering style (the shift suite)
     OUT/data/base/, OUT/pretrained/      the base world and the backbone pretrained on it (faithful, modern)
     OUT/tasks/<sequence>.json            task files (``factlearn split``), e.g. random2.json
     OUT/views/<view>/                    small data directories: an adaptation half, a group's images
@@ -38,11 +39,13 @@ class View:
     # "half": an adaptation half's images in the task file (--adaptation-images: half of the first
     # task's training images; --adaptation: the held-out images of half of its facts); "halves": both
     # halves' held-out images; "half-test": the test images of a fact-level half's facts;
-    # "group-train", "group-test": a group's training or test images
+    # "group-train", "group-test": a group's training or test images; "style-train": the first
+    # task's training images, "style-test": every test image, both as the world in ``style`` shows them
     kind: str
     sequence: str | None = None
     half: str | None = None  # "B11" / "B12"
     group: str | None = None
+    style: str | None = None  # the view's images come from the world rendered in this style
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Plan:
     views: dict[str, View] = field(default_factory=dict)
     runs: dict[str, RunSpec] = field(default_factory=dict)  # by id; shared runs merged
     suites: dict[str, tuple[str, list[Entry]]] = field(default_factory=dict)  # suite -> (sequence, entries)
+    # suite -> the views its tables read probes of (a run shared by suites is probed on all of theirs)
+    suite_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     protocol: Protocol = SCRATCH_PROTOCOL
     root: Path | None = None  # the folder of the scale's protocols: ``out``, or its parent (default: out)
     base: WorldSpec | None = None  # the base world to pretrain on (protocols with a pretrained tower)
@@ -101,6 +106,10 @@ class Plan:
     def base_dir(self) -> Path:
         """The base world's data directory."""
         return (self.root or self.out) / "data" / "base"
+
+    def style_data(self, style: str) -> Path:
+        """The data directory of the built-in world rendered in ``style`` (next to the world)."""
+        return self.data.with_name(f"{self.data.name}-{style}")
 
     def run_dir(self, run: RunSpec) -> Path:
         """The factlearn run directory of a run."""
@@ -185,6 +194,19 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
             probes = (test_view,)
             sources = [(f"{sc.group} images only", train_view)]
             own = "each task's images"
+        elif suite == "shift":
+            # A test-condition shift (MAS paper, Sec. 5: importance from unlabeled data of the conditions
+            # of use): the same world rendered in another style; importance from B1's training images
+            # as that style shows them (the very scenes MAS otherwise sees clean), B1 measured in it
+            if data is not None:
+                raise UserError(f"suite shift renders the built-in world in another style; it cannot run on "
+                                f"--data {data}")
+            train_view, test_view = f"{seq}-{sc.style}-B1", f"test-{sc.style}"
+            plan.views[train_view] = View(train_view, "style-train", sequence=seq, style=sc.style)
+            plan.views[test_view] = View(test_view, "style-test", style=sc.style)
+            probes = (test_view,)
+            sources = [(f"B1's training images, {sc.style}", train_view)]
+            own = "B1's training images, clean"
         # (label, variant, method, importance view) per table row
         rows = [(f"{m} (importance: {own})" if m in sc.importance else m, m, m, None) for m in sc.methods]
         rows += [(f"{m} (importance: {label})", f"{m}-imp-{view.removeprefix(seq + '-')}", m, view)
@@ -200,6 +222,7 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
                 spec = dataclasses.replace(spec, probes=tuple(dict.fromkeys(old.probes + spec.probes)))
             plan.runs[spec.id] = spec
         plan.suites[suite] = (seq, entries)
+        plan.suite_probes[suite] = probes
     return assign_parents(plan)
 
 

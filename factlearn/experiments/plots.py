@@ -1,5 +1,5 @@
-"""A suite's figures (PNG): its own figure (final accuracy per task, the adaptation halves, or the
-monitored group's curve; mean ± std over seeds) and :func:`factlearn.compare.compare_plots` of the
+"""A suite's figures (PNG): its own figure (final accuracy per task, the adaptation halves or the
+shifted style's columns, or the monitored group's curve; mean ± std over seeds) and :func:`factlearn.compare.compare_plots` of the
 first seed's runs."""
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ import numpy as np
 
 from ..compare import compare_plots, save_png
 from ..results import PROTOCOLS
-from .config import ADAPTATION_SUITES, SuiteSpec
+from .config import SuiteSpec
 from .tables import (
+    COLUMN_CELLS,
     METRIC_NAMES,
     METRICS,
     VS_BASELINE,
     Cell,
     SuiteResults,
-    adaptation_cells,
     final_cells,
     monitored_curve,
 )
+
+COLUMN_FIGURES = {"adaptation": ("halves", "Importance from one half of {first}"),
+                  "adaptation-facts": ("halves", "Importance from one half of {first}"),
+                  "shift": ("shift", "Importance from clean or restyled images of {first}")}  # file stem, title
 
 
 def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str = "scratch") -> list[Path]:
@@ -31,8 +35,9 @@ def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults, protoco
     runs = [str(p) for p in res.seed0.values()]
     if not runs:
         return []
-    if suite in ADAPTATION_SUITES:
-        written = [_adaptation_figure(res, proto, protocol, folder / f"halves_{proto}.png") for proto in PROTOCOLS]
+    if suite in COLUMN_CELLS:
+        stem, _ = COLUMN_FIGURES[suite]
+        written = [_columns_figure(res, suite, proto, protocol, folder / f"{stem}_{proto}.png") for proto in PROTOCOLS]
     elif suite == "topic":
         written = [_topic_figure(res, sc.group, proto, protocol, folder / f"group_{sc.group}_{proto}.png")
                    for proto in PROTOCOLS]
@@ -67,12 +72,12 @@ def _bars(ax, values: dict[str, dict[str, Cell]], ylabel: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
-def _adaptation_figure(res: SuiteResults, proto: str, protocol: str, path: Path) -> Path:
+def _columns_figure(res: SuiteResults, suite: str, proto: str, protocol: str, path: Path) -> Path:
     fig, axes = _figure(len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        _bars(ax, adaptation_cells(res, proto, metric), f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
+        _bars(ax, COLUMN_CELLS[suite](res, proto, metric), f"{METRIC_NAMES[metric]} after {res.tasks[-1]}")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Importance from one half of {res.tasks[0]} ({proto} evaluation, {protocol} protocol)")
+    fig.suptitle(f"{COLUMN_FIGURES[suite][1].format(first=res.tasks[0])} ({proto} evaluation, {protocol} protocol)")
     return save_png(fig, path)
 
 

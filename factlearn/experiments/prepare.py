@@ -7,6 +7,7 @@ Everything is made only when missing, so a reproduction that stopped continues w
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -32,11 +33,15 @@ def prepare(plan: Plan, exp: Experiments, jobs: int, configs: dict[str, dict], d
     check_child_factlearn(log)
     if plan.world is not None:
         ensure_world(plan.data, plan.world, jobs, log)
+        for style in sorted({v.style for v in plan.views.values() if v.style}):
+            ensure_world(plan.style_data(style), dataclasses.replace(plan.world, style=style), jobs, log)
+            check_restyled(plan.data, plan.style_data(style))
     ensure_pretrained(plan, exp, plan.data, jobs, device, log)
     write_tasks_files(plan, log)
     for view in plan.views.values():
         if not (plan.view_dir(view.name) / "manifest.jsonl").is_file():
-            write_view(plan.data, view_rows(plan, view), plan.view_dir(view.name))
+            source = plan.style_data(view.style) if view.style else plan.data
+            write_view(source, view_rows(plan, view), plan.view_dir(view.name))
     for name, cfg in configs.items():
         write_config(plan.config_file(name), cfg, plan.scale)
 
@@ -81,6 +86,18 @@ def ensure_pretrained(plan: Plan, exp: Experiments, world: Path, jobs: int, devi
                    "--device", device], log)
 
 
+def check_restyled(world: Path, restyled: Path) -> None:
+    """A world rendered in another style must hold the same manifest rows as ``world`` but for the
+    pixels (same facts, ids and splits, in the same order: :mod:`factlearn.data.synth.styles`), since
+    its views are cut by the rows of ``world``; a world made otherwise is a UserError."""
+    a, b = load_dataset(world), load_dataset(restyled)
+    same = len(a.records) == len(b.records) and all(
+        (r.fact, r.split, r.image.relative_to(a.root)) == (q.fact, q.split, q.image.relative_to(b.root))
+        for r, q in zip(a.records, b.records))
+    if not same:
+        raise UserError(f"{restyled}: not {world} in another style (its manifest rows differ); remove it and run again")
+
+
 def write_tasks_files(plan: Plan, log: Path) -> None:
     """``factlearn split`` for every task sequence of the plan (with adaptation halves) not written yet."""
     for seq in plan.sequences:
@@ -105,6 +122,13 @@ def write_config(path: Path, cfg: dict, scale: str) -> None:
 def view_rows(plan: Plan, view: View) -> list[int]:
     """Record indices (rows of the data's manifest) of a view."""
     dataset = load_dataset(plan.data)
+    if view.kind in ("style-train", "style-test"):  # rows of the clean world, the same in the restyled one
+        is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)
+        if view.kind == "style-test":
+            return [i for i in range(len(dataset.records)) if is_test[i]]
+        task_file = load_tasks_file(plan.tasks_file(view.sequence), dataset)
+        first, held_out = set(task_file.tasks[0].facts), set(task_file.held_out)
+        return [i for i, f in enumerate(dataset.fact_ids()) if f in first and not is_test[i] and i not in held_out]
     if view.kind in ("half", "halves", "half-test"):
         task_file = load_tasks_file(plan.tasks_file(view.sequence), dataset)
         halves = task_file.adaptation_facts if view.kind == "half-test" else task_file.adaptation

@@ -40,12 +40,17 @@ SUITE_DOC = {
                         "from the held-out images of B11 only, of B12 only, or of all of B1 (unlabeled), or from B1's "
                         "training images; finetune for reference. After B2: accuracy on the test images of B1, B2, "
                         "and of B11's and B12's facts (the half the importance came from should keep more).",
+    "shift": "A test-condition shift (MAS paper, Sec. 5): the same world rendered in another style (same facts, "
+             "splits and scenes, other pixels). MAS importance after B1 from B1's training images as trained "
+             "(clean) or from the same images in the shifted style (unlabeled images of the conditions of use); "
+             "finetune for reference. After B2: each task's accuracy on its test images, clean and in the "
+             "shifted style (importance from the shifted images should keep more of B1 in that style).",
     "topic": "Four tasks, random split, a monitored group of facts: accuracy on the test images of the group's "
              "facts trained so far, after each task. `importance: <group> images only` computes the image "
              "tower's importance on the group's unlabeled training images (of every task) instead of each "
              "task's own images.",
 }
-HEADLINE_TABLES = {"adaptation": 1, "adaptation-facts": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
+HEADLINE_TABLES = {"adaptation": 1, "adaptation-facts": 1, "shift": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
 
 
 def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = True) -> Path:

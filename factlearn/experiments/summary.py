@@ -15,7 +15,7 @@ tables show::
 One record per protocol, suite, entry (a method, or a method with its importance source, or a
 protocol's variant: the tables' row label), evaluation protocol, metric, task and checkpoint:
 ``after`` is the task after which it was measured. ``task`` is a task (``B1``), or a table's
-column: ``mean`` and ``BWT`` of the final accuracy, ``B1 test`` / ``B11 images`` (adaptation),
+column: ``mean`` and ``BWT`` of the final accuracy, ``B1 test`` / ``B11 images`` (adaptation), ``B1 test, dark`` (shift),
 ``group <name>`` (topic). ``mean`` and ``std`` are fractions (the tables show percent), ``std``
 is the sample standard deviation (null with one seed), ``seeds`` the training seeds the values
 come from (``n`` of them). ``lam`` is the run's lambda where the suite varies it (the sweep).
@@ -30,8 +30,7 @@ import factlearn
 
 from ..io import atomic_write_text
 from ..results import PROTOCOLS
-from .config import ADAPTATION_SUITES
-from .tables import METRICS, Cell, SuiteResults, adaptation_cells, final_cells, matrix_cells, topic_cells
+from .tables import COLUMN_CELLS, METRICS, Cell, SuiteResults, final_cells, matrix_cells, topic_cells
 
 FORMAT = "factlearn-experiments-summary"
 FILE = "summary.json"
@@ -61,8 +60,8 @@ def suite_records(protocol: str, suite: str, res: SuiteResults, group: str | Non
 
     for evaluation in PROTOCOLS:
         for metric in METRICS:
-            if suite in ADAPTATION_SUITES:
-                for label, cells in adaptation_cells(res, evaluation, metric).items():
+            if suite in COLUMN_CELLS:
+                for label, cells in COLUMN_CELLS[suite](res, evaluation, metric).items():
                     for column, cell in cells.items():
                         add(label, evaluation, metric, column, last, cell)
             elif group is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import PROTOCOLS, Metrics
-from .config import ADAPTATION_SUITES, SuiteSpec
+from .config import SuiteSpec
 from .execute import read_metrics, read_probe, run_diverged
 from .plan import Plan
 
@@ -43,8 +43,10 @@ class SuiteResults:
 
 def collect(plan: Plan, suite: str) -> SuiteResults:
     """The results of a suite's complete runs (incomplete and missing ones are left out; the seeds
-    whose run diverged are listed apart, :attr:`SuiteResults.diverged`)."""
+    whose run diverged are listed apart, :attr:`SuiteResults.diverged`), with the probes of the
+    suite's own views (a run shared by suites is probed on every suite's)."""
     seq, entries = plan.suites[suite]
+    views = plan.suite_probes.get(suite)
     res = SuiteResults([], {}, {}, {})
     for e in entries:
         res.metrics[e.label], res.probes[e.label], res.seeds[e.label] = [], {}, []
@@ -61,6 +63,8 @@ def collect(plan: Plan, suite: str) -> SuiteResults:
             res.seeds[e.label].append(seed)
             res.seed0.setdefault(e.label, plan.run_dir(run))
             for view in run.probes:
+                if views is not None and view not in views:
+                    continue
                 doc = read_probe(plan, run, view)
                 if doc is not None:
                     res.probes[e.label].setdefault(view, []).append(doc)
@@ -179,6 +183,30 @@ def adaptation_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, di
     return out
 
 
+def shift_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[str, Cell]]:
+    """Per entry: the first task's test accuracy right after it (``B1 test after B1``: what there is
+    to keep), then after the last task each task's (``B1 test``); the same on the test images in the
+    shifted style, from the probe view ``test-<style>`` (``B1 test, dark after B1``, ``B1 test, dark``)."""
+    first, last = res.tasks[0], res.tasks[-1]
+    out = {}
+    for label, runs in res.metrics.items():
+        seeds = res.seeds[label]
+        cells = {f"{first} test after {first}": Cell.of(seeds, [m.matrix(metric, proto)[0][0] for m in runs])}
+        cells.update({f"{t} test": Cell.of(seeds, [m.final(proto)[t][metric] for m in runs]) for t in res.tasks})
+        for view, probes in sorted(res.probes[label].items()):
+            style, probe_seeds = view.removeprefix("test-"), res.probe_seeds[label][view]
+            cells[f"{first} test, {style} after {first}"] = Cell.of(
+                probe_seeds, [p["after"][first][proto][first][metric] for p in probes])
+            for t in res.tasks:
+                cells[f"{t} test, {style}"] = Cell.of(probe_seeds, [p["after"][last][proto][t][metric] for p in probes])
+        out[label] = cells
+    return out
+
+
+# the suites whose table is one row of columns per entry, after the last task: their cells
+COLUMN_CELLS = {"adaptation": adaptation_cells, "adaptation-facts": adaptation_cells, "shift": shift_cells}
+
+
 def monitored_curve(probes: list[dict], tasks: list[str], proto: str, metric: str) -> list[list[float]]:
     """Per seed, after each task: the view's accuracy over the facts of the tasks trained so far
     (an image-weighted mean of the per-task results)."""
@@ -208,8 +236,8 @@ def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str =
     """The markdown tables of a suite trained under ``protocol``; the first is its headline table."""
     if not res.tasks:
         return ["No complete run yet."]
-    if suite in ADAPTATION_SUITES:
-        return [_adaptation_section(res, proto, protocol) for proto in PROTOCOLS]
+    if suite in COLUMN_CELLS:
+        return [_columns_section(res, COLUMN_CELLS[suite], proto, protocol) for proto in PROTOCOLS]
     if suite == "topic":
         return [_topic_section(res, sc.group, proto, metric, protocol) for proto in PROTOCOLS for metric in METRICS]
     out = [f"### Final accuracy after {res.tasks[-1]}: {METRIC_NAMES[metric]}, {proto} evaluation "
@@ -223,8 +251,8 @@ def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str =
     return out
 
 
-def _adaptation_section(res: SuiteResults, proto: str, protocol: str) -> str:
-    cells = {m: adaptation_cells(res, proto, m) for m in METRICS}
+def _columns_section(res: SuiteResults, cells_of, proto: str, protocol: str) -> str:
+    cells = {m: cells_of(res, proto, m) for m in METRICS}
     cols = list(dict.fromkeys(c for v in cells["top1"].values() for c in v))
     rows = [[label, *(cells[m][label][c].text() if c in cells[m][label] else "-" for m in METRICS for c in cols)]
             for label in res.metrics]
