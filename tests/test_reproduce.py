@@ -42,8 +42,10 @@ def test_plan_of_every_suite(exp, tmp_path):
     ids = set(plan.runs)
     # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared;
     # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both;
-    # + the shift: mas on B1's images in the style (finetune and mas are the two-task runs)
-    assert len(ids) == 27 + 5 + 1
+    # + the shift: mas on B1's images in the style (finetune and mas are the two-task runs);
+    # + topic-distinct: finetune, mas, joint and mas on the group's held-out images, on the topic world
+    assert len(ids) == 27 + 5 + 1 + 4
+    assert plan.runs["random4-topic/seed0/mas-imp-topic-held-out"].config == "mas-imp-topic-held-out"
     assert [e.variant for e in plan.suites["shift"][1]] == ["finetune", "mas", "mas-imp-background-B1"]
     assert plan.runs["random2/seed0/mas-imp-background-B1"].importance == "random2-background-B1"
     assert plan.suites["adaptation-facts"][0] == "random2-facts"
@@ -133,6 +135,8 @@ def test_config_of_an_existing_run_must_match(exp, tmp_path):
     ("experiments.yaml", "{preset: small, seed: 0}", "{preset: small}", "missing key 'scales.quick.world.seed'"),
     ("experiments.yaml", "methods_file: methods.yaml", "methods_file: [methods.yaml]", "methods_file: expected str"),
     ("experiments.yaml", "group: colour, ", "", "suites.topic needs a 'group'"),
+    ("experiments.yaml", "topic_world: true, ", "", "suites.topic-distinct: topic_world is for topic-distinct"),
+    ("experiments.yaml", "held_out: 0.2,", "held_out: 1.5,", "needs group: topic"),
     ("experiments.yaml", "style: background, ", "style: dusk, ", "suites.shift needs a 'style' other than clean"),
     ("quick.yaml", "epochs: 4", "epoch: 4", "'train.epoch'"),
     ("methods.yaml", "  mas: {lam: 0.3}", "  mas: {lamb: 0.3}", "'method.lamb'"),
@@ -437,7 +441,7 @@ def test_shift_views_and_table(exp, tmp_path):
     from factlearn.experiments.prepare import check_restyled, split_options, view_rows, write_view
 
     plan = plans.make_plan(exp, ["adaptation", "shift"], "quick", 1, tmp_path)
-    styled = plan.style_data("background")
+    styled = plan.world_dir("background")
     assert styled == tmp_path / "data" / "world-background"
     for out, style in ((plan.data, "clean"), (styled, "background")):
         generate_world(out, seed=3, facts=12, images_per_fact=6, size=32, style=style, workers=1)
@@ -477,3 +481,60 @@ def test_shift_views_and_table(exp, tmp_path):
     assert "| mas (importance: B1's training images, clean) | 90.0 | 50.0 | 80.0 | 70.0 | 30.0 | 60.0 |" in sections[0]
     adaptation = tables.suite_sections("adaptation", exp.suites["adaptation"], tables.collect(plan, "adaptation"))
     assert "background" not in adaptation[0]  # the shared mas run's shift probe is not an adaptation column
+
+
+def test_topic_distinct_on_its_own_world(exp, tmp_path):
+    """topic-distinct: its sequence is cut from and trained on the world made with --topic (the
+    world's facts and a small new group), with held-out images and the monitored group in the task
+    file; its importance variant is mas with config keys, not a view; steps count the held-out
+    images out; the base world shares no fact with the topic world."""
+    from click.testing import CliRunner
+
+    from factlearn.cli import main as factlearn_main
+    from factlearn.data.manifest import load_dataset
+    from factlearn.data.splits import image_splits, load_tasks_file
+    from factlearn.data.synth import generate_world
+    from factlearn.data.synth.vocabulary import sample_facts
+    from factlearn.experiments.prepare import run_configs, split_options, train_steps, view_rows
+
+    plan = plans.make_plan(exp, ["four-task", "topic-distinct"], "quick", 1, tmp_path)
+    seq = "random4-topic"
+    assert plan.worlds["topic"].synth_options()[-1] == "--topic" and plan.data_of(seq) == tmp_path / "data" / "world-topic"
+    assert plan.data_of("random4") == plan.data
+    options = split_options(plan, seq)
+    assert options[options.index("--held-out") + 1] == "0.2" and options[options.index("--monitor") + 1] == "topic"
+    assert "--adaptation-images" not in options and "--adaptation-images" in split_options(plan, "random4")
+    run = plan.runs[f"{seq}/seed0/mas-imp-topic-held-out"]
+    assert run.importance is None and run.parent == f"{seq}/seed0/finetune"
+    cmd = execute.train_command(plan, run, "cpu")
+    assert cmd[cmd.index("--data") + 1] == str(tmp_path / "data" / "world-topic")
+    configs = run_configs(plan, exp)
+    assert configs["mas-imp-topic-held-out"]["method"]["importance_images"] == "held_out"
+    assert configs["mas-imp-topic-held-out"]["method"]["importance_facts"] == "topic"
+    assert configs["mas"]["method"].get("importance_facts", "all") == "all"  # the method's own config untouched
+    assert {k: v for k, v in configs["mas-imp-topic-held-out"]["method"].items() if not k.startswith("importance")} \
+        == {k: v for k, v in configs["mas"]["method"].items() if not k.startswith("importance")}
+
+    for out, topic in ((plan.data, False), (plan.data_of(seq), True)):
+        generate_world(out, seed=3, facts=20, images_per_fact=6, size=32, topic=topic, workers=1)
+    result = CliRunner().invoke(factlearn_main, ["split", str(plan.data_of(seq)), *options,
+                                                 "--out", str(plan.tasks_file(seq))])
+    assert result.exit_code == 0, result.output
+    world = load_dataset(plan.data_of(seq))
+    task_file = load_tasks_file(plan.tasks_file(seq), world)
+    assert task_file.held_out and task_file.monitored["topic"]
+    rows = view_rows(plan, plan.views[f"{seq}-group-topic-test"])
+    assert rows and {world.records[i].group for i in rows} == {"topic"}
+    for cfg in configs.values():
+        cfg["train"]["batch_size"] = 1  # a step per image: steps = 4 epochs x the images trained on
+    steps = train_steps(plan, configs)
+    is_test = image_splits(world, plan.test_fraction, plan.split_seed)
+    trained = sum(1 for i in range(len(world.records)) if not is_test[i] and i not in set(task_file.held_out))
+    assert steps[f"{seq}/seed0/finetune"] == 4 * trained  # the held-out images are not trained on
+    plain = load_dataset(plan.data)
+    assert steps["random4/seed0/finetune"] == 4 * int((~image_splits(plain, plan.test_fraction, plan.split_seed)).sum())
+    # the topic world's regular facts are the world's (excluded from the base world); its topic facts
+    # are new shapes, which no world without --topic shows
+    facts = {str(f) for f, _ in sample_facts(186, 0)}
+    regular = {str(f) for f, g in sample_facts(186, 0, topic=True) if g != "topic"}
+    assert regular <= facts

@@ -18,6 +18,8 @@ and one methods file gives, per scale and method, the method section's keys::
       two-task: {split: random, tasks: 2}
       topic: {split: random, tasks: 4, group: colour, methods: [finetune, mas], importance: [mas]}
       shift: {split: random, tasks: 2, style: dark, methods: [finetune, mas], importance: [mas]}
+      topic-distinct: {split: random, tasks: 4, group: topic, topic_world: true, held_out: 0.2,
+                       methods: [finetune, mas], importance: [mas]}
 
 A scale's ``base`` world and ``pretrain_epochs`` serve the protocols that start from a pretrained
 image tower (:mod:`.protocols`); ``protocols`` names each protocol's file.
@@ -32,15 +34,18 @@ from pathlib import Path
 
 from ..config import Config, from_dict, read_yaml
 from ..data.synth.styles import STYLES
+from ..data.synth.vocabulary import TOPIC
 from ..errors import UserError
 
-SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic", "shift")
+SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic", "topic-distinct", "shift")
+TOPIC_SUITES = ("topic", "topic-distinct")  # the suites of a monitored group: its curve after every task
+BUILTIN_WORLD_SUITES = ("shift", "topic-distinct")  # they make a variant of the built-in world: not with --data
 
 
 @dataclass
 class WorldSpec:
     """A built-in world: ``factlearn synth --preset PRESET --seed SEED`` (and, when given,
-    ``--facts``, ``--images-per-fact``, ``--size``, ``--style``; the preset's otherwise)."""
+    ``--facts``, ``--images-per-fact``, ``--size``, ``--style``, ``--topic``; the preset's otherwise)."""
 
     preset: str
     seed: int
@@ -48,13 +53,14 @@ class WorldSpec:
     images_per_fact: int | None = None
     size: int | None = None
     style: str | None = None  # a rendering style (data.synth.styles): the same facts, ids and splits
+    topic: bool = False  # a small, visually distinctive group "topic" (about a tenth of the facts)
 
     def synth_options(self) -> list[str]:
         """The options of the ``factlearn synth`` that generates it."""
         given = {"--facts": self.facts, "--images-per-fact": self.images_per_fact, "--size": self.size,
                  "--style": self.style}
         return ["--preset", self.preset, "--seed", str(self.seed),
-                *(a for k, v in given.items() if v is not None for a in (k, str(v)))]
+                *(a for k, v in given.items() if v is not None for a in (k, str(v))), *(["--topic"] if self.topic else [])]
 
 
 @dataclass
@@ -77,7 +83,12 @@ class SuiteSpec:
     tasks: int
     methods: list[str] | None = None  # default: the file's methods
     importance: list[str] = field(default_factory=list)  # adaptation, topic: also run with --importance-data
-    group: str | None = None  # topic: the monitored group
+    group: str | None = None  # topic, topic-distinct: the monitored group
+    # topic-distinct: the suite's own world, the scale's with --topic (its regular facts are the world's,
+    # plus a small distinctive group "topic"), and the share of each fact's training images held out of
+    # training as unlabeled images for importance (factlearn split --held-out)
+    topic_world: bool = False
+    held_out: float | None = None
     style: str | None = None  # shift: the test condition, a rendering style of the world (factlearn synth --style)
 
 
@@ -139,8 +150,15 @@ def load_experiments(path: Path) -> Experiments:
             raise UserError(f"{path}: unknown suite {name!r} (known: {', '.join(SUITES)})")
         suite = load_section(SuiteSpec, raw, path, f"suites.{name}")
         suites[name] = dataclasses.replace(suite, methods=list(doc.methods if suite.methods is None else suite.methods))
-    if "topic" in suites and not suites["topic"].group:
-        raise UserError(f"{path}: suites.topic needs a 'group'")
+    for name in TOPIC_SUITES:
+        if name in suites and not suites[name].group:
+            raise UserError(f"{path}: suites.{name} needs a 'group'")
+    for name, suite in suites.items():
+        if suite.topic_world != (name == "topic-distinct"):
+            raise UserError(f"{path}: suites.{name}: topic_world is for topic-distinct, which needs it")
+        if suite.topic_world and (suite.group != TOPIC or suite.held_out is None or not 0 < suite.held_out < 1):
+            raise UserError(f"{path}: suites.{name} needs group: {TOPIC} (the --topic world's group) and a "
+                            f"held_out share between 0 and 1")
     if "shift" in suites:
         style = suites["shift"].style
         if style in (None, "clean") or style not in STYLES:

@@ -32,7 +32,7 @@ from .plan import Plan, RunSpec
 def train_command(plan: Plan, run: RunSpec, device: str, parent: Path | None = None) -> list[str]:
     """The ``factlearn train`` command of a run; ``--resume`` once the run directory holds a run,
     ``--start-from parent`` for a fresh run that takes its first task from ``parent``."""
-    cmd = [sys.executable, "-m", "factlearn", "train", "--data", str(plan.data),
+    cmd = [sys.executable, "-m", "factlearn", "train", "--data", str(plan.data_of(run.sequence)),
            "--config", str(plan.config_file(run.config or run.method)), "--tasks-file", str(plan.tasks_file(run.sequence)),
            "--out", str(plan.run_dir(run)), "--seed", str(run.seed), "--device", device]
     if run.importance:

@@ -6,6 +6,7 @@ layout in OUT/P/, but for the data and the backbone, shared by the protocols of 
 
     OUT/data/world/                      the built-in world (unless --data names one)
     OUT/data/world-<style>/              the same world in another rendering style (the shift suite)
+    OUT/data/world-topic/                the world with a small distinctive group (topic-distinct)
     OUT/data/base/, OUT/pretrained/      the base world and the backbone pretrained on it (faithful, modern)
     OUT/tasks/<sequence>.json            task files (``factlearn split``), e.g. random2.json
     OUT/views/<view>/                    small data directories: an adaptation half, a group's images
@@ -23,11 +24,12 @@ from pathlib import Path
 
 from ..continual import METHODS
 from ..errors import UserError
-from .config import Experiments, WorldSpec
+from .config import BUILTIN_WORLD_SUITES, Experiments, WorldSpec
 from .protocols import SCRATCH_PROTOCOL, Protocol
 
 HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation[-images]` names them
 FACT_HALVES = "-facts"  # the suffix of a sequence split with `--adaptation` (fact-level halves)
+TOPIC_WORLD = "-topic"  # the suffix of a sequence of the topic world (topic-distinct), and that world's
 VARIANT_SUITES = ("two-task",)  # the suites a protocol's variants (:mod:`.protocols`) are rows of
 
 
@@ -42,7 +44,7 @@ class View:
     # "group-train", "group-test": a group's training or test images; "style-train": the first
     # task's training images, "style-test": every test image, both as the world in ``style`` shows them
     kind: str
-    sequence: str | None = None
+    sequence: str | None = None  # its task file; its rows are of that sequence's data (Plan.data_of)
     half: str | None = None  # "B11" / "B12"
     group: str | None = None
     style: str | None = None  # the view's images come from the world rendered in this style
@@ -58,7 +60,7 @@ class RunSpec:
     seed: int
     importance: str | None = None  # name of the View given as --importance-data
     probes: tuple[str, ...] = ()  # Views every checkpoint is evaluated on
-    config: str | None = None  # name of its config file (default: the method's)
+    config: str | None = None  # name of its config file (default: the method's; Plan.config_keys: its keys)
     parent: str | None = None  # id of the finetune run whose first task it starts from (:func:`assign_parents`)
 
     @property
@@ -92,6 +94,12 @@ class Plan:
     suites: dict[str, tuple[str, list[Entry]]] = field(default_factory=dict)  # suite -> (sequence, entries)
     # suite -> the views its tables read probes of (a run shared by suites is probed on all of theirs)
     suite_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # variants of the built-in world, by the suffix of their folder (world_dir): a style, "topic"
+    worlds: dict[str, WorldSpec] = field(default_factory=dict)
+    sequence_worlds: dict[str, str] = field(default_factory=dict)  # sequence -> the world variant it is cut from
+    split_extra: dict[str, list[str]] = field(default_factory=dict)  # sequence -> more `factlearn split` options
+    # config name -> (method, its method section's keys over the method's): variants a suite defines
+    config_keys: dict[str, tuple[str, dict]] = field(default_factory=dict)
     protocol: Protocol = SCRATCH_PROTOCOL
     root: Path | None = None  # the folder of the scale's protocols: ``out``, or its parent (default: out)
     base: WorldSpec | None = None  # the base world to pretrain on (protocols with a pretrained tower)
@@ -107,9 +115,14 @@ class Plan:
         """The base world's data directory."""
         return (self.root or self.out) / "data" / "base"
 
-    def style_data(self, style: str) -> Path:
-        """The data directory of the built-in world rendered in ``style`` (next to the world)."""
-        return self.data.with_name(f"{self.data.name}-{style}")
+    def world_dir(self, variant: str) -> Path:
+        """The data directory of a variant of the built-in world (:attr:`worlds`), next to it."""
+        return self.data.with_name(f"{self.data.name}-{variant}")
+
+    def data_of(self, sequence: str | None) -> Path:
+        """The data directory a sequence is cut from and trained on: the plan's, or a world variant's."""
+        variant = self.sequence_worlds.get(sequence) if sequence else None
+        return self.data if variant is None else self.world_dir(variant)
 
     def run_dir(self, run: RunSpec) -> Path:
         """The factlearn run directory of a run."""
@@ -164,10 +177,14 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
         if suite not in exp.suites:
             raise UserError(f"suite {suite!r} is not in {exp.path}")
         sc = exp.suites[suite]
-        seq = f"{sc.split}{sc.tasks}" + (FACT_HALVES if suite == "adaptation-facts" else "")
+        seq = (f"{sc.split}{sc.tasks}" + (FACT_HALVES if suite == "adaptation-facts" else "")
+               + (TOPIC_WORLD if sc.topic_world else ""))
         plan.sequences[seq] = (sc.split, sc.tasks)
+        if suite in BUILTIN_WORLD_SUITES and data is not None:
+            raise UserError(f"suite {suite} makes a variant of the built-in world; it cannot run on --data {data}")
         probes: tuple[str, ...] = ()
         sources: list[tuple[str, str]] = []  # (label, view name) of the --importance-data variants
+        keyed: list[tuple[str, str, dict]] = []  # (label, name, method keys) of the variants by config keys
         own = "own"  # label of importance from the task's own images
         if suite == "adaptation":
             for half in HALVES:
@@ -198,23 +215,39 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
             # A test-condition shift (MAS paper, Sec. 5: importance from unlabeled data of the conditions
             # of use): the same world rendered in another style; importance from B1's training images
             # as that style shows them (the very scenes MAS otherwise sees clean), B1 measured in it
-            if data is not None:
-                raise UserError(f"suite shift renders the built-in world in another style; it cannot run on "
-                                f"--data {data}")
+            plan.worlds[sc.style] = dataclasses.replace(plan.world, style=sc.style)
             train_view, test_view = f"{seq}-{sc.style}-B1", f"test-{sc.style}"
             plan.views[train_view] = View(train_view, "style-train", sequence=seq, style=sc.style)
             plan.views[test_view] = View(test_view, "style-test", style=sc.style)
             probes = (test_view,)
             sources = [(f"B1's training images, {sc.style}", train_view)]
             own = "B1's training images, clean"
+        elif suite == "topic-distinct":
+            # The MAS paper's sports facts (Fig. 4): a small, visually distinctive group (the world made
+            # with --topic); importance after every task from the held-out images of the group's facts
+            # learned so far (method.importance_facts, importance_images: held_out), never of later ones
+            plan.worlds[TOPIC_WORLD[1:]] = dataclasses.replace(plan.world, topic=True)
+            plan.sequence_worlds[seq] = TOPIC_WORLD[1:]
+            plan.split_extra[seq] = ["--held-out", str(sc.held_out), "--monitor", sc.group]
+            test_view = f"{seq}-group-{sc.group}-test"
+            plan.views[test_view] = View(test_view, "group-test", sequence=seq, group=sc.group)
+            probes = (test_view,)
+            keyed = [(f"held-out images of the {sc.group} facts learned so far", f"{sc.group}-held-out",
+                      {"importance_images": "held_out", "importance_facts": sc.group})]
+            own = "each task's images"
         # (label, variant, method, importance view) per table row
         rows = [(f"{m} (importance: {own})" if m in sc.importance else m, m, m, None) for m in sc.methods]
         rows += [(f"{m} (importance: {label})", f"{m}-imp-{view.removeprefix(seq + '-')}", m, view)
                  for m in sc.importance for label, view in sources]
+        for m in sc.importance:
+            for label, name, keys in keyed:
+                rows.append((f"{m} (importance: {label})", f"{m}-imp-{name}", m, None))
+                plan.config_keys[f"{m}-imp-{name}"] = (m, keys)
         if suite in VARIANT_SUITES:
             rows += [(v, v, spec.method, None) for v, spec in protocol.variants.items() if spec.method in sc.methods]
         entries = [Entry(label, variant) for label, variant, _, _ in rows]
-        specs = [RunSpec(seq, variant, m, s, view, probes, config=variant if variant in protocol.variants else None)
+        own_config = set(protocol.variants) | set(plan.config_keys)
+        specs = [RunSpec(seq, variant, m, s, view, probes, config=variant if variant in own_config else None)
                  for _, variant, m, view in rows for s in plan.seeds]
         for spec in specs:
             old = plan.runs.get(spec.id)

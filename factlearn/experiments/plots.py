@@ -11,7 +11,7 @@ import numpy as np
 
 from ..compare import compare_plots, save_png
 from ..results import PROTOCOLS
-from .config import SuiteSpec
+from .config import TOPIC_SUITES, SuiteSpec
 from .tables import (
     COLUMN_CELLS,
     METRIC_NAMES,
@@ -38,7 +38,7 @@ def suite_plots(out: Path, suite: str, sc: SuiteSpec, res: SuiteResults, protoco
     if suite in COLUMN_CELLS:
         stem, _ = COLUMN_FIGURES[suite]
         written = [_columns_figure(res, suite, proto, protocol, folder / f"{stem}_{proto}.png") for proto in PROTOCOLS]
-    elif suite == "topic":
+    elif suite in TOPIC_SUITES:
         written = [_topic_figure(res, sc.group, proto, protocol, folder / f"group_{sc.group}_{proto}.png")
                    for proto in PROTOCOLS]
     else:

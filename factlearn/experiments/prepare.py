@@ -7,13 +7,13 @@ Everything is made only when missing, so a reproduction that stopped continues w
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import shutil
 from pathlib import Path
 
 import yaml
 
-from ..config import TrainConfig, from_dict
+from ..config import Config, TrainConfig, from_dict
 from ..data.importers import place_image
 from ..data.manifest import Dataset, ManifestRow, load_dataset, write_manifest
 from ..data.splits import image_splits, load_tasks_file, make_split, monitored_facts
@@ -33,23 +33,34 @@ def prepare(plan: Plan, exp: Experiments, jobs: int, configs: dict[str, dict], d
     check_child_factlearn(log)
     if plan.world is not None:
         ensure_world(plan.data, plan.world, jobs, log)
-        for style in sorted({v.style for v in plan.views.values() if v.style}):
-            ensure_world(plan.style_data(style), dataclasses.replace(plan.world, style=style), jobs, log)
-            check_restyled(plan.data, plan.style_data(style))
+        for name, spec in sorted(plan.worlds.items()):
+            # a style's world is the world's facts and scenes; the topic world's regular facts are the
+            # world's too (vocabulary.sample_facts draws them first), its topic facts ones no other world
+            # shows: the base world, which excludes the world's facts, shares none with either
+            ensure_world(plan.world_dir(name), spec, jobs, log)
+            if spec.style:
+                check_restyled(plan.data, plan.world_dir(name))
     ensure_pretrained(plan, exp, plan.data, jobs, device, log)
     write_tasks_files(plan, log)
     for view in plan.views.values():
         if not (plan.view_dir(view.name) / "manifest.jsonl").is_file():
-            source = plan.style_data(view.style) if view.style else plan.data
+            source = plan.world_dir(view.style) if view.style else plan.data_of(view.sequence)
             write_view(source, view_rows(plan, view), plan.view_dir(view.name))
     for name, cfg in configs.items():
         write_config(plan.config_file(name), cfg, plan.scale)
 
 
 def run_configs(plan: Plan, exp: Experiments) -> dict[str, dict]:
-    """The config of every run of the plan, by config name (a method or a protocol's variant)."""
+    """The config of every run of the plan, by config name: a method, a protocol's variant, or a
+    suite's variant (:attr:`Plan.config_keys`: its method's config, lambda included, with its keys)."""
     names = sorted({r.config or r.method for r in plan.runs.values()})
-    return {n: run_config(exp, plan.protocol, plan.scale, n, plan.pretrained) for n in names}
+    out = {}
+    for n in names:
+        method, keys = plan.config_keys.get(n, (n, {}))
+        out[n] = run_config(exp, plan.protocol, plan.scale, method, plan.pretrained)
+        out[n]["method"].update(keys)
+        from_dict(Config, copy.deepcopy(out[n]))  # a bad key is a UserError here, not in the child
+    return out
 
 
 def ensure_world(path: Path, world: WorldSpec, jobs: int, log: Path, exclude: Path | None = None) -> None:
@@ -102,14 +113,18 @@ def write_tasks_files(plan: Plan, log: Path) -> None:
     """``factlearn split`` for every task sequence of the plan (with adaptation halves) not written yet."""
     for seq in plan.sequences:
         if not plan.tasks_file(seq).is_file():
-            factlearn_cli(["split", str(plan.data), *split_options(plan, seq), "--out", str(plan.tasks_file(seq))], log)
+            factlearn_cli(["split", str(plan.data_of(seq)), *split_options(plan, seq), "--out", str(plan.tasks_file(seq))],
+                          log)
 
 
 def split_options(plan: Plan, sequence: str) -> list[str]:
     """The options of the ``factlearn split`` that writes a sequence's task file (but --out)."""
     kind, tasks = plan.sequences[sequence]
-    halves = "--adaptation" if sequence.endswith(FACT_HALVES) else "--adaptation-images"
-    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), halves,
+    if sequence in plan.split_extra:  # its own options (topic-distinct: held-out images, the monitored group)
+        halves = plan.split_extra[sequence]
+    else:
+        halves = ["--adaptation" if sequence.endswith(FACT_HALVES) else "--adaptation-images"]
+    return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), *halves,
             "--test-fraction", str(plan.test_fraction)]
 
 
@@ -120,8 +135,9 @@ def write_config(path: Path, cfg: dict, scale: str) -> None:
 
 
 def view_rows(plan: Plan, view: View) -> list[int]:
-    """Record indices (rows of the data's manifest) of a view."""
-    dataset = load_dataset(plan.data)
+    """Record indices (rows of the data's manifest) of a view: of its sequence's data (a style's
+    world has the same rows as the world)."""
+    dataset = load_dataset(plan.data_of(view.sequence))
     if view.kind in ("style-train", "style-test"):  # rows of the clean world, the same in the restyled one
         is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)
         if view.kind == "style-test":
@@ -170,31 +186,37 @@ def write_view(data: Path, rows: list[int], out: Path, keep_split: bool = True) 
 
 def train_steps(plan: Plan, configs: dict[str, dict], dataset: Dataset | None = None) -> dict[str, int]:
     """Optimizer steps of each run (:func:`factlearn.training.schedule.task_steps` per task, with the
-    run's config; joint trains on the union so far), from the data (``dataset``, default the plan's
-    data directory) and the task files (or, before they are written, the split they will hold);
-    empty until the data exists. With ``train.val_fraction`` a task's validation share is not trained
-    on and its epochs are a maximum (the task may stop at a plateau): the count is an upper bound."""
+    run's config; joint trains on the union so far), from the data (``dataset``, default each
+    sequence's data directory: :meth:`Plan.data_of`; the world stands in for a variant not made yet)
+    and the task files (or, before they are written, the split they will hold); empty until the data
+    exists. With ``train.val_fraction`` a task's validation share is not trained on and its epochs
+    are a maximum (the task may stop at a plateau): the count is an upper bound."""
     if dataset is None and not (plan.data / "manifest.jsonl").is_file():
         return {}
-    dataset = dataset or load_dataset(plan.data)
-    is_test = image_splits(dataset, plan.test_fraction, plan.split_seed)
-    facts = {}
+    loaded: dict[Path, Dataset] = {}
+    per_task: dict[str, list[int]] = {}  # sequence -> training images of each task
     for seq, (kind, tasks) in plan.sequences.items():
-        if plan.tasks_file(seq).is_file():
-            task_file = load_tasks_file(plan.tasks_file(seq), dataset)
-            facts[seq] = [t.facts for t in task_file.tasks]
-            is_test = is_test.copy()
+        path = plan.data_of(seq)
+        made = dataset is not None or (path / "manifest.jsonl").is_file()
+        key = path if made else plan.data
+        if dataset is None and key not in loaded:
+            loaded[key] = load_dataset(key)
+        data = dataset or loaded[key]
+        is_test = image_splits(data, plan.test_fraction, plan.split_seed)
+        if made and plan.tasks_file(seq).is_file():
+            task_file = load_tasks_file(plan.tasks_file(seq), data)
+            facts = [t.facts for t in task_file.tasks]
             is_test[task_file.held_out] = True  # held-out images are not trained on either
         else:
-            facts[seq] = [t.facts for t in make_split(dataset, kind, tasks, plan.split_seed)]
-    per_fact: dict[int, int] = {}  # training images per fact
-    for f, test in zip(dataset.fact_ids(), is_test):
-        per_fact[f] = per_fact.get(f, 0) + (not test)
+            facts = [t.facts for t in make_split(data, kind, tasks, plan.split_seed)]
+        per_fact: dict[int, int] = {}  # training images per fact
+        for f, test in zip(data.fact_ids(), is_test):
+            per_fact[f] = per_fact.get(f, 0) + (not test)
+        per_task[seq] = [sum(per_fact.get(f, 0) for f in task) for task in facts]
     steps = {}
     for run in plan.runs.values():
         train = from_dict(TrainConfig, configs[run.config or run.method].get("train"), "train")
-        n = [sum(per_fact.get(f, 0) for f in task) for task in facts[run.sequence]]
-        n = [k - (max(1, round(train.val_fraction * k)) if train.val_fraction else 0) for k in n]
+        n = [k - (max(1, round(train.val_fraction * k)) if train.val_fraction else 0) for k in per_task[run.sequence]]
         if run.method == "joint":
             n = [sum(n[: i + 1]) for i in range(len(n))]
         steps[run.id] = sum(task_steps(k, train.batch_size, train.epochs) for k in n)

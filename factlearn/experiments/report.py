@@ -19,7 +19,7 @@ import factlearn
 from ..continual import METHODS
 from ..errors import UserError
 from ..io import atomic_write_text, read_json
-from .config import Experiments
+from .config import TOPIC_SUITES, Experiments
 from .execute import Outcome
 from .plan import Plan
 from .plots import suite_plots
@@ -45,6 +45,12 @@ SUITE_DOC = {
              "(clean) or from the same images in the shifted style (unlabeled images of the conditions of use); "
              "finetune for reference. After B2: each task's accuracy on its test images, clean and in the "
              "shifted style (importance from the shifted images should keep more of B1 in that style).",
+    "topic-distinct": "The MAS paper's sports facts (Fig. 4): four tasks, random split, on the world made with a small, "
+                      "visually distinctive group `topic` (about a tenth of the facts, shapes no other fact shows); "
+                      "0.2 of each fact's training images are held out, never trained on. Accuracy on the test images "
+                      "of the group's facts trained so far, after each task. `importance: held-out images of the topic "
+                      "facts learned so far` computes MAS's importance after each task from those images only (zero "
+                      "before the first topic fact), instead of each task's training images.",
     "topic": "Four tasks, random split, a monitored group of facts: accuracy on the test images of the group's "
              "facts trained so far, after each task. `importance: <group> images only` computes the image "
              "tower's importance on the group's unlabeled training images (of every task) instead of each "
@@ -87,7 +93,7 @@ def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = T
             continue
         pngs = suite_plots(plan.out, suite, sc, res, protocol.name) if plots else []
         atomic_write_text(plan.out / f"{suite}.md", suite_markdown(plan, suite, exp, res, pngs))
-        records += suite_records(protocol.name, suite, res, sc.group if suite == "topic" else None)
+        records += suite_records(protocol.name, suite, res, sc.group if suite in TOPIC_SUITES else None)
         lines += [f"## {suite}", "", SUITE_DOC[suite], "",
                   f"[All tables and plots]({suite}.md) (the generalized evaluation too); plots in `plots/{suite}/`.", "",
                   "\n\n".join(suite_sections(suite, sc, res, protocol.name)[: HEADLINE_TABLES.get(suite, 2)]), ""]

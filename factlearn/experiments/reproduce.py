@@ -1,6 +1,6 @@
 """Reproduce the experiments of issues 7 and 17 with one command: tables and plots, from the world up.
 
-    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,adaptation-facts,topic,shift,all} [SUITE ...] [--quick]
+    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,adaptation-facts,topic,topic-distinct,shift,all} [SUITE ...] [--quick]
                          [--protocol {scratch,faithful,modern}] [--seeds N] [--out DIR] [--data DIR]
                          [--jobs J] [--device D] [--dry-run]
 
@@ -39,6 +39,11 @@ Suites (configs/reproduce/experiments.yaml says which methods and splits each us
               after each task, over the group's facts trained so far; finetune, mas (importance
               from each task's images), mas with importance from the group's unlabeled training
               images only (every task's, as unlabeled data from the conditions of use), joint.
+- topic-distinct  the MAS paper's sports facts: four tasks on the world made with ``--topic``
+              (``OUT/data/world-topic``: the world's facts and a small, visually distinctive group
+              ``topic``), 0.2 of each fact's training images held out (``factlearn split --held-out``);
+              the group's curve for finetune, mas (importance from each task's images) and mas with
+              importance from the held-out images of the group's facts learned so far. Not with --data.
 - shift       a test-condition shift: the world rendered again in another style (``OUT/data/world-<style>``,
               ``factlearn synth --style``: the same facts, splits and scenes); MAS importance from B1's
               training images clean (plain mas) or in that style; finetune as the baseline; after B2:
@@ -77,7 +82,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .config import SUITES, load_experiments
+from .config import BUILTIN_WORLD_SUITES, SUITES, load_experiments
 from .execute import Outcome, config_mismatch, execute, run_complete, train_command
 from .plan import Plan, make_plan
 from .prepare import prepare, pretrain_steps, run_configs, train_steps
@@ -136,9 +141,11 @@ def _main(argv: list[str], root: Path) -> int:
     exp = load_experiments(args.experiments or root / CONFIG_DIR / "experiments.yaml")
     protocol = load_protocol(exp, args.protocol)
     suites = list(exp.suites) if "all" in args.suite else list(dict.fromkeys(args.suite))
-    if "all" in args.suite and args.data is not None and "shift" in suites:
-        suites.remove("shift")  # it renders the built-in world in another style: not on given data
-        print("--suite all --data: the shift suite is left out (it needs the built-in world)", flush=True)
+    if "all" in args.suite and args.data is not None:
+        left = [s for s in suites if s in BUILTIN_WORLD_SUITES]  # they make variants of the built-in world
+        suites = [s for s in suites if s not in BUILTIN_WORLD_SUITES]
+        if left:
+            print(f"--suite all --data: {', '.join(left)} left out (they need the built-in world)", flush=True)
     seeds = args.seeds or (1 if args.quick else 3)
     out = args.out or root / "results" / scale
     plan = make_plan(exp, suites, scale, seeds, out, args.data, protocol)

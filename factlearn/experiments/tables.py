@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import PROTOCOLS, Metrics
-from .config import SuiteSpec
+from .config import TOPIC_SUITES, SuiteSpec
 from .execute import read_metrics, read_probe, run_diverged
 from .plan import Plan
 
@@ -238,7 +238,7 @@ def suite_sections(suite: str, sc: SuiteSpec, res: SuiteResults, protocol: str =
         return ["No complete run yet."]
     if suite in COLUMN_CELLS:
         return [_columns_section(res, COLUMN_CELLS[suite], proto, protocol) for proto in PROTOCOLS]
-    if suite == "topic":
+    if suite in TOPIC_SUITES:
         return [_topic_section(res, sc.group, proto, metric, protocol) for proto in PROTOCOLS for metric in METRICS]
     out = [f"### Final accuracy after {res.tasks[-1]}: {METRIC_NAMES[metric]}, {proto} evaluation "
            f"({protocol} protocol)\n\n" + final_table(res, proto, metric) for proto in PROTOCOLS for metric in METRICS]
