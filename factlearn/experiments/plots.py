@@ -110,7 +110,8 @@ def _topic_figure(res: SuiteResults, group: str, proto: str, protocol: str, path
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"{METRIC_NAMES[metric]} on group '{group}'")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # no curve: runs complete, the group not probed yet
+        axes[0].legend(fontsize=8)
     fig.suptitle(f"Monitored group '{group}': its facts trained so far ({proto} evaluation, {protocol} protocol)")
     return save_png(fig, path)
 
