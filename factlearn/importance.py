@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .continual import create_method
+from .continual import concentration, create_method
+from .continual.base import QuadraticPenalty
 from .continual.unlabeled import IMAGE_TOWER, DataImportance, image_source, unlabeled_task
 from .errors import UserError
 from .run import RunDir, read_tensors
@@ -63,14 +64,60 @@ def _add_importance(run: RunDir, images: str | Path, device: str | torch.device)
 def importance_summary(run_dir: str | Path, task: str | None = None) -> list[dict]:
     """Per parameter of a checkpoint (default: the latest): name, numel, mean and max of omega."""
     run = RunDir(run_dir)
+    done = _completed(run)
+    omega = _omega(run, task or done[-1])
+    return [{"name": n, "numel": o.numel(), "mean": float(o.float().mean()), "max": float(o.float().max())}
+            for n, o in sorted(omega.items())]
+
+
+def task_importance_stats(run_dir: str | Path, tower: str = "image_tower",
+                          fractions: tuple[float, ...] = (0.01, 0.1)) -> list[dict]:
+    """How each task's own importance is spread, and how it overlaps the first task's
+    (:mod:`factlearn.continual.concentration`), for one tower of a run's completed tasks.
+
+    A checkpoint holds the importance accumulated up to its task; each task's own is recovered with
+    the run's accumulation rule (``method.accumulate``, online EWC's gamma), which every quadratic
+    penalty applies as ``keep * old + weight * new``.
+
+    Returns:
+        one dict per task: ``task``, ``top_share`` (fraction -> share of the task's Omega held by
+        that fraction of the tower's entries) and, from the second task on, ``overlap_first``
+        (fraction -> share of the first task's top entries among this task's) and ``rank_corr_first``
+        (Spearman's rank correlation with the first task's Omega).
+    """
+    run = RunDir(run_dir)
+    done = _completed(run)
+    method = create_method(run.config().method)
+    if not isinstance(method, QuadraticPenalty):
+        raise UserError(f"{run.path}: method {method.name!r} keeps no importance (omega)")
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    keep, weight = float(method.combine(one, zero)), float(method.combine(zero, one))
+    rows, previous, first = [], None, None
+    for task in done:
+        total = concentration.flatten(_omega(run, task), tower + ".")
+        own = concentration.uncombine(total, previous, keep, weight)
+        row = {"task": task, "top_share": {q: concentration.top_share(own, q) for q in fractions}}
+        if first is None:
+            first = own
+        else:
+            row["overlap_first"] = {q: concentration.top_overlap(first, own, q) for q in fractions}
+            row["rank_corr_first"] = concentration.rank_correlation(first, own)
+        rows.append(row)
+        previous = total
+    return rows
+
+
+def _completed(run: RunDir) -> list[str]:
     run.require()
     done = run.completed()
     if not done:
         raise UserError(f"{run.path} has no completed task yet")
-    task = task or done[-1]
+    return done
+
+
+def _omega(run: RunDir, task: str) -> dict[str, torch.Tensor]:
     state = read_tensors(run.checkpoint(task) / "method.safetensors")
     omega = {k[len("omega.") :]: v for k, v in state.items() if k.startswith("omega.")}
     if not omega:
         raise UserError(f"{run.path}: method {run.config().method.name!r} keeps no importance (omega)")
-    return [{"name": n, "numel": o.numel(), "mean": float(o.float().mean()), "max": float(o.float().max())}
-            for n, o in sorted(omega.items())]
+    return omega

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -409,6 +411,46 @@ def test_importance_command_adds_image_importance_only(runs, tiny_world, tiny_co
         r = invoke("importance", run, "--images", tiny_world / "images", "--device", "cpu")
     assert r.exit_code == 2 and "in use by another factlearn process" in r.output, r.output
     assert json.loads((run / "checkpoints" / "B2" / "state.json").read_text()) == state
+
+
+def test_task_importance_stats_recovers_each_tasks_own_importance(runs, tiny_world, tiny_config):
+    """Per task: the checkpoint's accumulated Omega taken apart with the run's rule (here blend)."""
+    from factlearn.continual import concentration as C
+    from factlearn.importance import task_importance_stats
+    from factlearn.run import read_tensors
+
+    run = train_run(runs, tiny_world, tiny_config, "mas", accumulate="blend", alpha=0.25)
+    total = {t: C.flatten({k[6:]: v for k, v in read_tensors(run / "checkpoints" / t / "method.safetensors").items()
+                           if k.startswith("omega.")}, "image_tower.") for t in ("B1", "B2")}
+    own_b2 = (total["B2"] - 0.25 * total["B1"]) / 0.75
+    rows = task_importance_stats(run, fractions=(0.1,))
+    assert [r["task"] for r in rows] == ["B1", "B2"] and "overlap_first" not in rows[0]
+    assert rows[0]["top_share"][0.1] == pytest.approx(C.top_share(total["B1"], 0.1))
+    assert rows[1]["top_share"][0.1] == pytest.approx(C.top_share(own_b2, 0.1))
+    assert rows[1]["overlap_first"][0.1] == pytest.approx(C.top_overlap(total["B1"], own_b2, 0.1))
+    assert rows[1]["rank_corr_first"] == pytest.approx(C.rank_correlation(total["B1"], own_b2))
+    assert not math.isclose(rows[1]["top_share"][0.1], C.top_share(total["B2"], 0.1), rel_tol=1e-6)
+    with pytest.raises(UserError, match="no importance"):
+        task_importance_stats(train_run(runs, tiny_world, tiny_config, "finetune"))
+
+
+def test_importance_stats_script(runs, tiny_world, tiny_config, tmp_path, capsys):
+    """scripts/importance_stats.py: runs grouped by folder name, a JSON of every run; a run without
+    importance is one line and exit 2."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import importance_stats
+
+    mas = train_run(runs, tiny_world, tiny_config, "mas")
+    copy_ = tmp_path / "seed1" / "mas"
+    shutil.copytree(mas, copy_)
+    assert importance_stats.main([str(mas), str(copy_), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| mas | B2 | 2 |" in out  # the two runs of one group
+    assert set(json.loads((tmp_path / "s.json").read_text())["runs"]) == {str(mas), str(copy_)}
+    assert importance_stats.main([str(train_run(runs, tiny_world, tiny_config, "finetune"))]) == 2
+    assert "keeps no importance" in capsys.readouterr().err
 
 
 def test_importance_command_errors(runs, tiny_world, tiny_config):

@@ -2,7 +2,8 @@
 
 Shared by them: ``base`` (the hooks, the quadratic penalty, the eval-mode importance loop
 :func:`~factlearn.continual.base.mean_over_samples`), ``per_sample`` (the exact per-sample
-|gradient| engine of MAS) and ``unlabeled`` (label-free importance data of MAS and l-MAS).
+|gradient| engine of MAS), ``unlabeled`` (label-free importance data of MAS and l-MAS) and
+``concentration`` (how an importance is spread and how tasks' importances overlap: diagnostics).
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""How concentrated each task's importance is, and how it overlaps the first task's: runs compared.
+
+    python scripts/importance_stats.py RUN_DIR [RUN_DIR ...] [--tower image_tower] [--json OUT]
+
+Runs are grouped by the name of their folder (``.../seed0/mas`` and ``.../seed1/mas`` are two runs of
+``mas``): per group and task, the mean ± std over its runs of
+- the share of the task's own Omega held by its top 1% and top 10% of the tower's entries (0.01 and
+  0.10 for uniform anchoring, l2);
+- the share of the first task's top 10% that is also in this task's top 10%, and Spearman's rank
+  correlation with the first task's Omega.
+(:func:`factlearn.importance.task_importance_stats`; the math: :mod:`factlearn.continual.concentration`.)
+Works on any run of a quadratic-penalty method (mas, lmas, ewc, online_ewc, si, l2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from factlearn.errors import UserError  # noqa: E402
+from factlearn.importance import task_importance_stats  # noqa: E402
+
+COLUMNS = (("top 1% share", "top_share", 0.01), ("top 10% share", "top_share", 0.1),
+           ("top 10% overlap with first", "overlap_first", 0.1), ("rank corr. with first", "rank_corr_first", None))
+
+
+def value(row: dict, key: str, fraction: float | None) -> float | None:
+    """One statistic of a task's row (None where the row has none: the first task's overlap)."""
+    if key not in row:
+        return None
+    return row[key] if fraction is None else row[key][fraction]
+
+
+def cell(values: list[float]) -> str:
+    """``mean ± std`` (``mean`` alone for one run) of the values that are numbers."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(groups: dict[str, list[list[dict]]]) -> str:
+    """The markdown table: one row per group and task."""
+    lines = ["| run | task | runs | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+             "|---|---|---:|" + "---:|" * len(COLUMNS)]
+    for name, runs in groups.items():
+        tasks = [r["task"] for r in runs[0]]
+        for i, task in enumerate(tasks):
+            rows = [run[i] for run in runs if i < len(run)]
+            cells = [cell([value(r, key, q) for r in rows]) for _, key, q in COLUMNS]
+            lines.append(f"| {name} | {task} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="Run directories (grouped by their folder's name).")
+    parser.add_argument("--tower", default="image_tower", choices=("image_tower", "language_tower"))
+    parser.add_argument("--json", type=Path, default=None, help="Also write every run's statistics here.")
+    args = parser.parse_args(argv)
+    groups: dict[str, list[list[dict]]] = {}
+    per_run = {}
+    try:
+        for run in args.runs:
+            stats = task_importance_stats(run, args.tower)
+            groups.setdefault(run.resolve().name, []).append(stats)
+            per_run[str(run)] = stats
+    except (UserError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.tower}, each task's own importance:\n")
+    print(table(groups))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"tower": args.tower, "runs": per_run}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
