@@ -217,6 +217,11 @@ class MethodConfig:
     # distribution stays and the positions go | noise: computed from uniform random pixels of the
     # same shape instead of the images (the language tower's from the same facts as without it).
     importance_control: str = "none"
+    # Quadratic penalties but l2: each task's Omega raised to this power before importance_norm (1:
+    # as measured). p > 1 keeps Omega's order and concentrates the pull on its largest entries: MAS's
+    # Omega (a mean |gradient|) is much flatter than SI's, and power 3 gives it SI's concentration on
+    # the faithful world (docs/results/faithful/README.md, section 9). A diagnostic, in no paper.
+    importance_power: float = 1.0
 
     def check(self) -> None:
         """Raise the loader's one-line UserError if a value is out of range or not a choice (for a
@@ -273,7 +278,7 @@ RANGES = {
     "split.tasks": "> 0", "split.seed": ">= 0", "split.test_fraction": "in [0, 1)",
     "method.lam": ">= 0", "method.alpha": "in [0, 1]", "method.importance_batch_size": "> 0",
     "method.max_importance_samples": "> 0", "method.gamma": "in [0, 1]", "method.xi": "> 0",
-    "method.importance_directions": "> 0",
+    "method.importance_directions": "> 0", "method.importance_power": "> 0",
     "eval.batch_size": "> 0",
     "eval.max_images_per_task": "> 0",
 }

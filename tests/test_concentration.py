@@ -81,3 +81,24 @@ def test_uncombine_inverts_each_methods_accumulation(name, keys):
         total = task if total is None else method.combine(total, task)
         assert torch.allclose(C.uncombine(total, previous, keep, weight), task, rtol=1e-12, atol=1e-12)
         previous = total
+
+
+def test_importance_power_raises_each_tasks_omega_before_normalising():
+    from factlearn.continual.base import normalize_importance
+    from factlearn.errors import UserError
+
+    new = {"image_tower.w": heavy(40, 5).float(), "language_tower.w": heavy(10, 6).float()}
+    plain = create_method(MethodConfig(name="mas", importance_norm="mean"))
+    cubed = create_method(MethodConfig(name="mas", importance_norm="mean", importance_power=3.0))
+    plain.accumulate(new)
+    cubed.accumulate(new)
+    want = normalize_importance({n: t.pow(3) for n, t in new.items()})
+    for n in new:
+        assert torch.allclose(cubed._get("omega")[n], want[n])
+        assert not torch.allclose(plain._get("omega")[n], want[n])
+        # the order stays, the concentration grows
+        assert torch.equal(cubed._get("omega")[n].argsort(), plain._get("omega")[n].argsort())
+    assert C.top_share(C.flatten(cubed._get("omega"), "image_tower."), 0.1) > C.top_share(
+        C.flatten(plain._get("omega"), "image_tower."), 0.1)
+    with pytest.raises(UserError, match="importance_power"):
+        create_method(MethodConfig(name="l2", importance_power=2.0))  # Omega is 1: nothing to raise

@@ -66,6 +66,8 @@ def test_faithful_protocol_plan_and_configs(exp, tmp_path):
     variants = [e.variant for e in plan.suites["two-task"][1]]
     assert variants == METHODS + ["mas-shuffled", "mas-noise"]  # the controls: rows of the two-task suite only
     assert "mas-noise" not in [e.variant for e in plan.suites["adaptation"][1]]
+    assert not any("mas-cubed" in r for r in plan.runs)  # suites: [], a curve of the sweep only
+    assert load_protocol(exp, "faithful").variants["mas-cubed"].suites == []
     run = plan.runs["random2/seed2/mas-noise"]
     assert (run.method, run.config) == ("mas", "mas-noise")
     cmd = execute.train_command(plan, run, "cpu")
@@ -115,10 +117,17 @@ def test_unknown_or_missing_protocol_is_one_line(exp, checkout):
         load_protocol(mine, "modern")
     assert "\n" not in str(caught.value)
     path = checkout / reproduce.CONFIG_DIR / "faithful.yaml"
-    path.write_text(path.read_text().replace("optimizer: sgd", "optimiser: sgd"))
+    good = path.read_text()
+    path.write_text(good.replace("optimizer: sgd", "optimiser: sgd"))
     with pytest.raises(UserError, match="faithful.yaml.*'train.optimiser'") as caught:
         load_protocol(mine, "faithful")
     assert "\n" not in str(caught.value)
+    path.write_text(good.replace("importance_power: 3}, suites: []", "importance_power: 3}, suites: [too-task]"))
+    with pytest.raises(UserError, match="variants.mas-cubed.suites: no suite 'too-task'"):
+        load_protocol(mine, "faithful")
+    path.write_text(good.replace("importance_power: 3}", "importance_power: 0}"))
+    with pytest.raises(UserError, match="importance_power"):
+        load_protocol(mine, "faithful")
     code = reproduce.main(["--suite", "two-task", "--protocol", "nope", "--dry-run",
                            "--experiments", str(checkout / reproduce.CONFIG_DIR / "experiments.yaml")], checkout)
     assert code == 2
@@ -273,7 +282,7 @@ def test_sweep_writes_the_tradeoff_and_the_lambdas_it_picks(checkout, tmp_path):
     grids = sweep.sweep_grids(["mas", "l2", "mas-noise", "finetune"], faithful, [0.1, 1.0, 10.0])
     assert grids["finetune"] is None and grids["mas"] == [0.1, 1.0, 10.0]
     assert set(sweep.sweep_grids(["all"], faithful, None)) == {"mas", "l2", "ewc", "si", "lwf", "mas-shuffled",
-                                                               "mas-noise", "finetune", "joint"}
+                                                               "mas-noise", "mas-cubed", "finetune", "joint"}
     out = tmp_path / "sweep"
     plan, configs = sweep.sweep_plan(exp, faithful, grids, "quick", 1, out, "random", 2, 0.2)
     assert plan.out == out / "faithful" and plan.data == out / "data" / "val" and plan.pretrained == out / "pretrained"

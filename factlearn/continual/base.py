@@ -133,6 +133,7 @@ REFUSED = {
     "importance_images": "importance-based methods (mas, lmas, ewc, online_ewc)",
     "importance_facts": "importance-based methods (mas, lmas, ewc, online_ewc)",
     "importance_control": "mas",
+    "importance_power": "quadratic penalties with a measured importance (mas, lmas, ewc, online_ewc, si)",
 }
 _DEFAULTS = MethodConfig()
 
@@ -303,10 +304,11 @@ class QuadraticPenalty(Method):
     pull acts: ``loss`` (a loss term, MAS Eq. 3; its gradient goes through the optimizer, with SGD
     before momentum as in the MAS authors' code) or ``decoupled`` (a step of its own after the
     optimizer's, :meth:`after_step`); ``importance_norm``, ``none`` (Omega as measured) or ``mean``
-    (each task's Omega divided by its mean per tower before accumulating, :func:`normalize_importance`).
+    (each task's Omega divided by its mean per tower before accumulating, :func:`normalize_importance`);
+    ``importance_power``, each task's Omega raised to it first (a diagnostic of concentration).
     """
 
-    options = ("lam", "accumulate", "alpha", "penalty", "importance_norm")
+    options = ("lam", "accumulate", "alpha", "penalty", "importance_norm", "importance_power")
 
     def importance(self, model: nn.Module, task: TaskData) -> dict[str, torch.Tensor]:
         """Omega of the trainable parameters after ``task`` (name -> tensor shaped like it)."""
@@ -320,7 +322,9 @@ class QuadraticPenalty(Method):
 
     def accumulate(self, new: dict[str, torch.Tensor]) -> None:
         """Merge ``new`` importance into ``omega`` (normalised first with ``method.importance_norm:
-        mean``); parameters absent from ``new`` keep theirs."""
+        mean``, after ``method.importance_power``); parameters absent from ``new`` keep theirs."""
+        if self.cfg.importance_power != 1:
+            new = {n: t.pow(self.cfg.importance_power) for n, t in new.items()}
         if self.cfg.importance_norm == "mean":
             new = normalize_importance(new)
         old = self._get("omega")

@@ -66,6 +66,7 @@ class EWC(QuadraticPenalty):
             (``alpha * old + (1 - alpha) * new``).
         penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
         importance_norm: ``none`` or ``mean`` (each task's Fisher divided by its mean per tower).
+        importance_power: each task's Fisher raised to it first (a diagnostic of concentration).
         importance_batch_size: samples per vmap call of the Fisher.
         max_importance_samples: a seeded subset of the task's samples (None = all).
         importance_images, importance_facts: which images and facts the Fisher comes from (the
@@ -87,15 +88,15 @@ class OnlineEWC(EWC):
     """Online EWC (Schwarz et al. 2018): the running Fisher decays by ``gamma`` before each task's
     Fisher is added.
 
-    Options (``method.*``): ``lam``, ``penalty``, ``importance_norm``, ``importance_batch_size`` and
+    Options (``method.*``): ``lam``, ``penalty``, ``importance_norm``, ``importance_power``, ``importance_batch_size`` and
     ``max_importance_samples`` as :class:`EWC`; ``gamma`` in [0, 1], the decay (1.0 = :class:`EWC`
     with ``accumulate: sum``), which replaces ``accumulate`` and ``alpha``; ``importance_images``
     and ``importance_facts`` as :class:`EWC`.
     """
 
     name = "online_ewc"
-    options = ("lam", "penalty", "importance_norm", "gamma", "importance_batch_size", "max_importance_samples",
-               "importance_images", "importance_facts")
+    options = ("lam", "penalty", "importance_norm", "importance_power", "gamma", "importance_batch_size",
+               "max_importance_samples", "importance_images", "importance_facts")
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``F <- gamma * F + F_task``."""

@@ -106,6 +106,7 @@ class LMAS(DataImportance):
             (``alpha * old + (1 - alpha) * new``).
         penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
         importance_norm: ``none`` or ``mean`` (each task's Omega divided by its mean per tower).
+        importance_power: each task's Omega raised to it first (a diagnostic of concentration).
         importance_batch_size: samples per forward pass.
         max_importance_samples: a seeded subset of the task's samples (None = all).
         importance_data: unlabeled images for the image tower's importance (MAS Sec. 5).

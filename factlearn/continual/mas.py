@@ -153,6 +153,8 @@ class MAS(DataImportance):
         penalty: ``loss`` (a loss term, MAS Eq. 3) or ``decoupled`` (a pull after the optimizer's step).
         importance_norm: ``none`` (MAS Eq. 2) or ``mean`` (each task's Omega divided by its mean per
             tower, so that one lambda means the same across models and worlds).
+        importance_power: each task's Omega raised to it before ``importance_norm`` (a diagnostic:
+            p > 1 concentrates the pull, keeping Omega's order).
         importance: ``exact`` per-sample |gradient| (MAS Eq. 2) or ``batch`` (|gradient of the
             batch sum|: faster, a lower bound).
         importance_output: ``raw``, the squared norm of the raw embedding (MAS Eq. 4), or

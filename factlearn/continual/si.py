@@ -40,6 +40,7 @@ class SI(QuadraticPenalty):
         accumulate, alpha: importance across tasks, ``sum`` (SI Eq. 5) or ``blend``.
         penalty: ``loss`` (a loss term) or ``decoupled`` (a pull after the optimizer's step).
         importance_norm: ``none`` or ``mean`` (each task's Omega divided by its mean per tower).
+        importance_power: each task's Omega raised to it first (a diagnostic of concentration).
         xi: the damping in Eq. 5, > 0.
     """
 

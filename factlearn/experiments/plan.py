@@ -30,7 +30,6 @@ from .protocols import SCRATCH_PROTOCOL, Protocol
 HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation[-images]` names them
 FACT_HALVES = "-facts"  # the suffix of a sequence split with `--adaptation` (fact-level halves)
 TOPIC_WORLD = "-topic"  # the suffix of a sequence of the topic world (topic-distinct), and that world's
-VARIANT_SUITES = ("two-task",)  # the suites a protocol's variants (:mod:`.protocols`) are rows of
 
 
 @dataclass(frozen=True)
@@ -243,8 +242,8 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
             for label, name, keys in keyed:
                 rows.append((f"{m} (importance: {label})", f"{m}-imp-{name}", m, None))
                 plan.config_keys[f"{m}-imp-{name}"] = (m, keys)
-        if suite in VARIANT_SUITES:
-            rows += [(v, v, spec.method, None) for v, spec in protocol.variants.items() if spec.method in sc.methods]
+        rows += [(v, v, spec.method, None) for v, spec in protocol.variants.items()
+                 if suite in spec.suites and spec.method in sc.methods]
         entries = [Entry(label, variant) for label, variant, _, _ in rows]
         own_config = set(protocol.variants) | set(plan.config_keys)
         specs = [RunSpec(seq, variant, m, s, view, probes, config=variant if variant in own_config else None)

@@ -13,8 +13,9 @@ A protocol file::
     pretrained: true      # the runs start from the scale's pretrained image tower (model.pretrained)
     config: {model: {...}, loss: {...}, train: {...}, method: {...}}   # over the scale's config
     scales: {quick: {train: {epochs: 12}}}                             # per scale, over ``config``
-    variants:             # more rows of the two-task suite, and curves of the lambda sweep
+    variants:             # curves of the lambda sweep, and more rows of the suites named (default two-task)
       mas-noise: {method: mas, keys: {importance_control: noise}, lam_from: mas}
+      mas-cubed: {method: mas, keys: {importance_power: 3}, suites: []}                # the sweep's only
     sweep: {grid: [0.01, 0.1, 1], grids: {ewc: [1, 10, 100]}}          # lambdas the sweep tries
 
 ``lam_from``: the variant takes that method's lambda (a control at the same lambda); without it a
@@ -49,6 +50,7 @@ class VariantSpec:
     method: str
     keys: dict = field(default_factory=dict)
     lam_from: str | None = None  # take this method's lambda (None: the variant's own)
+    suites: list[str] = field(default_factory=lambda: ["two-task"])  # the suites it is a row of
 
 
 @dataclass
@@ -146,6 +148,9 @@ def load_protocol(exp: Experiments, name: str) -> Protocol:
                 raise UserError(f"{path}: variants.{v}: no entry for method {spec.method!r} in {exp.methods_path}")
         if spec.lam_from is not None and spec.lam_from in variants:
             raise UserError(f"{path}: variants.{v}.lam_from must name a method, not a variant")
+        for suite in spec.suites:
+            if suite not in exp.suites:
+                raise UserError(f"{path}: variants.{v}.suites: no suite {suite!r} in {exp.path.name}")
     for scale in doc.scales:
         if scale not in exp.base_config:
             raise UserError(f"{path}: scales.{scale}: no such scale in {exp.path.name}")
