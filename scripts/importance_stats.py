@@ -2,8 +2,9 @@
 
     python scripts/importance_stats.py RUN_DIR [RUN_DIR ...] [--tower image_tower] [--json OUT]
 
-Runs are grouped by the name of their folder (``.../seed0/mas`` and ``.../seed1/mas`` are two runs of
-``mas``): per group and task, the mean ± std over its runs of
+Runs are grouped by their path below the runs' common folder with the ``seed<k>`` folders left out
+(``semantic4/seed0/mas`` and ``semantic4/seed1/mas`` are two runs of ``semantic4/mas``, or of ``mas``
+when every run is under ``semantic4``): per group and task, the mean ± std over its runs of
 - the share of the task's own Omega held by its top 1% and top 10% of the tower's entries (0.01 and
   0.10 for uniform anchoring, l2);
 - the share of the first task's top 10% that is also in this task's top 10%, and Spearman's rank
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -29,6 +31,15 @@ from factlearn.importance import task_importance_stats  # noqa: E402
 
 COLUMNS = (("top 1% share", "top_share", 0.01), ("top 10% share", "top_share", 0.1),
            ("top 10% overlap with first", "overlap_first", 0.1), ("rank corr. with first", "rank_corr_first", None))
+
+
+def group_names(runs: list[Path]) -> list[str]:
+    """Each run's group: its path below the runs' common folder, ``seed<k>`` folders left out."""
+    paths = [[p for p in run.resolve().parts if not re.fullmatch(r"seed\d+", p)] for run in runs]
+    common = 0
+    while all(len(p) > common + 1 and p[common] == paths[0][common] for p in paths):
+        common += 1
+    return ["/".join(p[common:]) for p in paths]
 
 
 def value(row: dict, key: str, fraction: float | None) -> float | None:
@@ -62,16 +73,16 @@ def table(groups: dict[str, list[list[dict]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="Run directories (grouped by their folder's name).")
+    parser.add_argument("runs", nargs="+", type=Path, help="Run directories (grouped as above).")
     parser.add_argument("--tower", default="image_tower", choices=("image_tower", "language_tower"))
     parser.add_argument("--json", type=Path, default=None, help="Also write every run's statistics here.")
     args = parser.parse_args(argv)
     groups: dict[str, list[list[dict]]] = {}
     per_run = {}
     try:
-        for run in args.runs:
+        for run, group in zip(args.runs, group_names(args.runs)):
             stats = task_importance_stats(run, args.tower)
-            groups.setdefault(run.resolve().name, []).append(stats)
+            groups.setdefault(group, []).append(stats)
             per_run[str(run)] = stats
     except (UserError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

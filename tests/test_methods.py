@@ -442,13 +442,14 @@ def test_importance_stats_script(runs, tiny_world, tiny_config, tmp_path, capsys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import importance_stats
 
-    mas = train_run(runs, tiny_world, tiny_config, "mas")
-    copy_ = tmp_path / "seed1" / "mas"
-    shutil.copytree(mas, copy_)
-    assert importance_stats.main([str(mas), str(copy_), "--json", str(tmp_path / "s.json")]) == 0
+    mas = [tmp_path / "semantic4" / f"seed{k}" / "mas" for k in (0, 1)] + [tmp_path / "random4" / "seed0" / "mas"]
+    for run in mas:
+        shutil.copytree(train_run(runs, tiny_world, tiny_config, "mas"), run)
+    assert importance_stats.group_names(mas[:2]) == ["mas", "mas"]
+    assert importance_stats.main([*map(str, mas), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
-    assert "| mas | B2 | 2 |" in out  # the two runs of one group
-    assert set(json.loads((tmp_path / "s.json").read_text())["runs"]) == {str(mas), str(copy_)}
+    assert "| semantic4/mas | B2 | 2 |" in out and "| random4/mas | B2 | 1 |" in out  # seeds grouped
+    assert set(json.loads((tmp_path / "s.json").read_text())["runs"]) == set(map(str, mas))
     assert importance_stats.main([str(train_run(runs, tiny_world, tiny_config, "finetune"))]) == 2
     assert "keeps no importance" in capsys.readouterr().err
 
