@@ -87,6 +87,20 @@ def test_style_keeps_facts_and_splits_and_changes_every_image(clean, tmp_path, s
         assert not np.array_equal(_pixels(clean / name), _pixels(out / name)), name
 
 
+def test_dusk_only_dims(clean, tmp_path):
+    """dusk dims the background and draws the shapes as clean does: no pixel gets lighter, and the
+    images lose light on average (the background is most of an image)."""
+    out = tmp_path / "dusk"
+    synth.generate_world(out, seed=3, style="dusk", **TINY)
+    lighter, ratios = 0, []
+    for rec in load_dataset(clean).records:
+        name = rec.image.relative_to(clean)
+        a, b = _pixels(clean / name).astype(int), _pixels(out / name).astype(int)
+        lighter += int((b > a + 1).sum())  # +1: rounding
+        ratios.append(b.sum() / max(1, a.sum()))
+    assert lighter == 0 and 0.75 < float(np.mean(ratios)) < 0.97
+
+
 def test_styles_are_deterministic_across_workers(tmp_path):
     synth.generate_world(tmp_path / "one", seed=1, style="noise", **TINY)
     synth.generate_world(tmp_path / "two", seed=1, style="noise", **{**TINY, "workers": 2})

@@ -17,7 +17,7 @@ and one methods file gives, per scale and method, the method section's keys::
     suites:
       two-task: {split: random, tasks: 2}
       topic: {split: random, tasks: 4, group: colour, methods: [finetune, mas], importance: [mas]}
-      shift: {split: random, tasks: 2, style: dark, methods: [finetune, mas], importance: [mas]}
+      shift: {split: random, tasks: 2, styles: [dark], methods: [finetune, mas], importance: [mas]}
       topic-distinct: {split: random, tasks: 4, group: topic, topic_world: true, held_out: 0.2,
                        methods: [finetune, mas], importance: [mas]}
 
@@ -89,7 +89,7 @@ class SuiteSpec:
     # training as unlabeled images for importance (factlearn split --held-out)
     topic_world: bool = False
     held_out: float | None = None
-    style: str | None = None  # shift: the test condition, a rendering style of the world (factlearn synth --style)
+    styles: list[str] = field(default_factory=list)  # shift: test conditions, rendering styles of the world (synth --style)
 
 
 @dataclass
@@ -160,10 +160,10 @@ def load_experiments(path: Path) -> Experiments:
             raise UserError(f"{path}: suites.{name} needs group: {TOPIC} (the --topic world's group) and a "
                             f"held_out share between 0 and 1")
     if "shift" in suites:
-        style = suites["shift"].style
-        if style in (None, "clean") or style not in STYLES:
-            raise UserError(f"{path}: suites.shift needs a 'style' other than clean: one of "
-                            f"{', '.join(s for s in STYLES if s != 'clean')}")
+        styles = suites["shift"].styles
+        if not styles or any(s == "clean" or s not in STYLES for s in styles) or len(set(styles)) < len(styles):
+            raise UserError(f"{path}: suites.shift needs 'styles', a list of distinct styles other than clean: "
+                            f"of {', '.join(s for s in STYLES if s != 'clean')}")
     for scale in world:
         for suite in suites.values():
             for m in suite.methods + suite.importance:

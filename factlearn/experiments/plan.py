@@ -213,13 +213,15 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
         elif suite == "shift":
             # A test-condition shift (MAS paper, Sec. 5: importance from unlabeled data of the conditions
             # of use): the same world rendered in another style; importance from B1's training images
-            # as that style shows them (the very scenes MAS otherwise sees clean), B1 measured in it
-            plan.worlds[sc.style] = dataclasses.replace(plan.world, style=sc.style)
-            train_view, test_view = f"{seq}-{sc.style}-B1", f"test-{sc.style}"
-            plan.views[train_view] = View(train_view, "style-train", sequence=seq, style=sc.style)
-            plan.views[test_view] = View(test_view, "style-test", style=sc.style)
-            probes = (test_view,)
-            sources = [(f"B1's training images, {sc.style}", train_view)]
+            # as that style shows them (the very scenes MAS otherwise sees clean), B1 measured in it;
+            # one world, view pair and importance variant per style
+            for style in sc.styles:
+                plan.worlds[style] = dataclasses.replace(plan.world, style=style)
+                train_view, test_view = f"{seq}-{style}-B1", f"test-{style}"
+                plan.views[train_view] = View(train_view, "style-train", sequence=seq, style=style)
+                plan.views[test_view] = View(test_view, "style-test", style=style)
+                probes += (test_view,)
+                sources.append((f"B1's training images, {style}", train_view))
             own = "B1's training images, clean"
         elif suite == "topic-distinct":
             # The MAS paper's sports facts (Fig. 4): a small, visually distinctive group (the world made

@@ -40,11 +40,11 @@ SUITE_DOC = {
                         "from the held-out images of B11 only, of B12 only, or of all of B1 (unlabeled), or from B1's "
                         "training images; finetune for reference. After B2: accuracy on the test images of B1, B2, "
                         "and of B11's and B12's facts (the half the importance came from should keep more).",
-    "shift": "A test-condition shift (MAS paper, Sec. 5): the same world rendered in another style (same facts, "
+    "shift": "A test-condition shift (MAS paper, Sec. 5): the same world rendered in other styles (same facts, "
              "splits and scenes, other pixels). MAS importance after B1 from B1's training images as trained "
-             "(clean) or from the same images in the shifted style (unlabeled images of the conditions of use); "
-             "finetune for reference. After B2: each task's accuracy on its test images, clean and in the "
-             "shifted style (importance from the shifted images should keep more of B1 in that style).",
+             "(clean) or from the same images in a shifted style (unlabeled images of the conditions of use); "
+             "finetune for reference. After B2: each task's accuracy on its test images, clean and in each "
+             "shifted style (importance from a style's images should keep more of B1 in that style).",
     "topic-distinct": "The MAS paper's sports facts (Fig. 4): four tasks, random split, on the world made with a small, "
                       "visually distinctive group `topic` (about a tenth of the facts, shapes no other fact shows); "
                       "0.2 of each fact's training images are held out, never trained on. Accuracy on the test images "

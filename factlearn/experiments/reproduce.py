@@ -44,10 +44,11 @@ Suites (configs/reproduce/experiments.yaml says which methods and splits each us
               ``topic``), 0.2 of each fact's training images held out (``factlearn split --held-out``);
               the group's curve for finetune, mas (importance from each task's images) and mas with
               importance from the held-out images of the group's facts learned so far. Not with --data.
-- shift       a test-condition shift: the world rendered again in another style (``OUT/data/world-<style>``,
-              ``factlearn synth --style``: the same facts, splits and scenes); MAS importance from B1's
-              training images clean (plain mas) or in that style; finetune as the baseline; after B2:
-              each task's test accuracy, clean and in the style. Not with --data (it renders the world).
+- shift       a test-condition shift: the world rendered again in each of the suite's styles
+              (``OUT/data/world-<style>``, ``factlearn synth --style``: the same facts, splits and scenes);
+              MAS importance from B1's training images clean (plain mas) or in a style; finetune as the
+              baseline; after B2: each task's test accuracy, clean and in each style. Not with --data
+              (it renders the world).
 
 Every number is the standard protocol (a task's images ranked among that task's facts) and the
 generalized one (among all facts seen so far), top-1 and top-5, mean ± std over the seeds

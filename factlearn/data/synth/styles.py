@@ -10,6 +10,7 @@ scene.
 * ``clean``: today's pixels, unchanged;
 * ``dark``: a dark background (the clean one at a fifth of its light) and dimmer light overall
   (pixels x 0.8), as a photograph at dusk;
+* ``dusk``: the background at 80% of its light, the shapes as in ``clean``: a milder ``dark``;
 * ``blur``: a Gaussian blur of about one pixel at 64 px (scaled with the image side), as an
   out-of-focus camera;
 * ``noise``: strong sensor noise (Gaussian, sigma 30) and 2% of the pixels dead or hot;
@@ -24,7 +25,8 @@ from PIL import Image, ImageFilter
 
 from ...errors import UserError
 
-STYLES = ("clean", "dark", "blur", "noise", "background")
+STYLES = ("clean", "dark", "dusk", "blur", "noise", "background")
+DIMMED = {"dark": (0.2, 0.8), "dusk": (0.8, 1.0)}  # style -> (the background's light, all pixels' light)
 
 
 def check_style(name: object) -> str:
@@ -40,8 +42,8 @@ def check_style(name: object) -> str:
 
 def restyle_background(style: str, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The background (``(side, side, 3)`` uint8) as ``style`` paints it, before any shape."""
-    if style == "dark":
-        return (bg.astype(np.float32) * 0.2 + 0.5).astype(np.uint8)
+    if style in DIMMED:
+        return (bg.astype(np.float32) * DIMMED[style][0] + 0.5).astype(np.uint8)
     if style == "background":
         side = bg.shape[0]
         tiles = int(rng.integers(5, 10))  # tiles per side
@@ -53,8 +55,8 @@ def restyle_background(style: str, bg: np.ndarray, rng: np.random.Generator) -> 
 
 def restyle_image(style: str, img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """The finished image (RGB, its final size) as ``style`` shows it."""
-    if style == "dark":
-        return Image.fromarray((np.asarray(img, np.float32) * 0.8 + 0.5).astype(np.uint8), "RGB")
+    if style in DIMMED:
+        return Image.fromarray((np.asarray(img, np.float32) * DIMMED[style][1] + 0.5).astype(np.uint8), "RGB")
     if style == "blur":
         return img.filter(ImageFilter.GaussianBlur(img.width / 64))
     if style == "noise":
