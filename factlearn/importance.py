@@ -70,20 +70,15 @@ def importance_summary(run_dir: str | Path, task: str | None = None) -> list[dic
             for n, o in sorted(omega.items())]
 
 
-def task_importance_stats(run_dir: str | Path, tower: str = "image_tower",
-                          fractions: tuple[float, ...] = (0.01, 0.1)) -> list[dict]:
-    """How each task's own importance is spread, and how it overlaps the first task's
-    (:mod:`factlearn.continual.concentration`), for one tower of a run's completed tasks.
+def task_importances(run_dir: str | Path, tower: str = "image_tower") -> dict[str, torch.Tensor]:
+    """Each completed task's own importance of one tower, flattened (:func:`concentration.flatten`).
 
     A checkpoint holds the importance accumulated up to its task; each task's own is recovered with
     the run's accumulation rule (``method.accumulate``, online EWC's gamma), which every quadratic
     penalty applies as ``keep * old + weight * new``.
 
     Returns:
-        one dict per task: ``task``, ``top_share`` (fraction -> share of the task's Omega held by
-        that fraction of the tower's entries) and, from the second task on, ``overlap_first``
-        (fraction -> share of the first task's top entries among this task's) and ``rank_corr_first``
-        (Spearman's rank correlation with the first task's Omega).
+        task name -> (P,) float64 tensor, in the order the tasks were learned.
     """
     run = RunDir(run_dir)
     done = _completed(run)
@@ -92,10 +87,27 @@ def task_importance_stats(run_dir: str | Path, tower: str = "image_tower",
         raise UserError(f"{run.path}: method {method.name!r} keeps no importance (omega)")
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
     keep, weight = float(method.combine(one, zero)), float(method.combine(zero, one))
-    rows, previous, first = [], None, None
+    out, previous = {}, None
     for task in done:
         total = concentration.flatten(_omega(run, task), tower + ".")
-        own = concentration.uncombine(total, previous, keep, weight)
+        out[task] = concentration.uncombine(total, previous, keep, weight)
+        previous = total
+    return out
+
+
+def task_importance_stats(run_dir: str | Path, tower: str = "image_tower",
+                          fractions: tuple[float, ...] = (0.01, 0.1)) -> list[dict]:
+    """How each task's own importance (:func:`task_importances`) is spread, and how it overlaps the
+    first task's (:mod:`factlearn.continual.concentration`), for one tower of a run's completed tasks.
+
+    Returns:
+        one dict per task: ``task``, ``top_share`` (fraction -> share of the task's Omega held by
+        that fraction of the tower's entries) and, from the second task on, ``overlap_first``
+        (fraction -> share of the first task's top entries among this task's) and ``rank_corr_first``
+        (Spearman's rank correlation with the first task's Omega).
+    """
+    rows, first = [], None
+    for task, own in task_importances(run_dir, tower).items():
         row = {"task": task, "top_share": {q: concentration.top_share(own, q) for q in fractions}}
         if first is None:
             first = own
@@ -103,7 +115,25 @@ def task_importance_stats(run_dir: str | Path, tower: str = "image_tower",
             row["overlap_first"] = {q: concentration.top_overlap(first, own, q) for q in fractions}
             row["rank_corr_first"] = concentration.rank_correlation(first, own)
         rows.append(row)
-        previous = total
+    return rows
+
+
+def importance_agreement(run_a: str | Path, run_b: str | Path, tower: str = "image_tower",
+                         fractions: tuple[float, ...] = (0.01, 0.1)) -> list[dict]:
+    """How far two runs' own importances agree, task by task (the tasks both completed): e.g. MAS
+    with its importance from two different sets of images.
+
+    Returns:
+        one dict per shared task: ``task``, ``overlap`` (fraction -> share of run_a's top entries
+        among run_b's) and ``rank_corr`` (Spearman's rank correlation).
+    """
+    a, b = task_importances(run_a, tower), task_importances(run_b, tower)
+    rows = []
+    for task in (t for t in a if t in b):
+        if a[task].shape != b[task].shape:
+            raise UserError(f"{run_a} and {run_b}: the importances of {task} differ in shape (other models)")
+        rows.append({"task": task, "overlap": {q: concentration.top_overlap(a[task], b[task], q) for q in fractions},
+                     "rank_corr": concentration.rank_correlation(a[task], b[task])})
     return rows
 
 

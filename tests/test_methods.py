@@ -450,6 +450,11 @@ def test_importance_stats_script(runs, tiny_world, tiny_config, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| semantic4/mas | B2 | 2 |" in out and "| random4/mas | B2 | 1 |" in out  # seeds grouped
     assert set(json.loads((tmp_path / "s.json").read_text())["runs"]) == set(map(str, mas))
+    # --between: pairs of runs of two groups; a run against its copy agrees entirely
+    assert importance_stats.main([str(mas[0]), str(mas[2]), "--between"]) == 0
+    assert "| semantic4/mas vs random4/mas | B1 | 1 | 1.00 | 1.00 | 1.00 |" in capsys.readouterr().out
+    assert importance_stats.main([*map(str, mas), "--between"]) == 2  # 2 runs of one group, 1 of the other
+    assert "give them in pairs" in capsys.readouterr().err
     assert importance_stats.main([str(train_run(runs, tiny_world, tiny_config, "finetune"))]) == 2
     assert "keeps no importance" in capsys.readouterr().err
 
