@@ -91,7 +91,9 @@ def _conv2d(m: nn.Conv2d, calls: list[Call], batch: int) -> dict[str, torch.Tens
     h, w = calls[0][1].shape[2:]
     # Channels-last views cost nothing when the module runs channels-last (as _covered_abs_grad_sum
     # makes it); otherwise one copy per tensor.
-    inputs = [F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous() for x, _ in calls]  # (B, Hp, Wp, C_in)
+    # Padded in channels-last order: one copy (none without padding) instead of F.pad's NCHW copy
+    # and a second one to channels-last.
+    inputs = [_pad_hw(x.permute(0, 2, 3, 1), ph, pw) for x, _ in calls]  # (B, Hp, Wp, C_in)
     grads = [g.permute(0, 2, 3, 1).reshape(batch, h * w, c_out) for _, g in calls]  # (B, L, C_out)
 
     def per_sample(s: slice) -> dict[str, torch.Tensor]:
@@ -111,6 +113,15 @@ def _conv2d(m: nn.Conv2d, calls: list[Call], batch: int) -> dict[str, torch.Tens
     total = _abs_sum(per_sample, batch, c_out * kh * kw * cg + h * w * kh * kw * c_in, m.weight.device)
     total["weight"] = total["weight"].view(c_out, kh, kw, cg).permute(0, 3, 1, 2)  # back to (C_out, C_in/G, kh, kw)
     return total
+
+
+def _pad_hw(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """(B, H, W, C) zero-padded to (B, H + 2ph, W + 2pw, C), contiguous."""
+    if ph == 0 and pw == 0:
+        return x.contiguous()
+    out = x.new_zeros(x.shape[0], x.shape[1] + 2 * ph, x.shape[2] + 2 * pw, x.shape[3])
+    out[:, ph : ph + x.shape[1], pw : pw + x.shape[2]] = x
+    return out
 
 
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, calls: list[Call], batch: int) -> dict[str, torch.Tensor]:
