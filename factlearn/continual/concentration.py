@@ -80,7 +80,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks 0..P-1 of ``x``, tied entries sharing their mean rank."""
-    values, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     start = torch.cumsum(counts, 0) - counts  # the first rank of each distinct value
     mean_rank = start.double() + (counts.double() - 1) / 2
     return mean_rank[inverse]

@@ -9,7 +9,7 @@ scene.
 
 * ``clean``: today's pixels, unchanged;
 * ``dark``: a dark background (the clean one at a fifth of its light) and dimmer light overall
-  (pixels x 0.8), as a photograph at dusk;
+  (pixels x 0.8), as a photograph at night;
 * ``dusk``: the background at 80% of its light, the shapes as in ``clean``: a milder ``dark``;
 * ``blur``: a Gaussian blur of about one pixel at 64 px (scaled with the image side), as an
   out-of-focus camera;
