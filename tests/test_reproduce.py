@@ -42,12 +42,12 @@ def test_plan_of_every_suite(exp, tmp_path):
     ids = set(plan.runs)
     # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared;
     # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both;
-    # + the shift: mas on B1's images in each of the two styles (finetune and mas are the two-task runs);
+    # + the shift: mas on B1's images in each of the three styles (finetune and mas are the two-task runs);
     # + topic-distinct: finetune, mas, joint and mas on the group's held-out images, on the topic world
-    assert len(ids) == 27 + 5 + 2 + 4
+    assert len(ids) == 27 + 5 + 3 + 4
     assert plan.runs["random4-topic/seed0/mas-imp-topic-held-out"].config == "mas-imp-topic-held-out"
     assert [e.variant for e in plan.suites["shift"][1]] == ["finetune", "mas", "mas-imp-background-B1",
-                                                            "mas-imp-dusk-B1"]
+                                                            "mas-imp-dusk-B1", "mas-imp-dim-B1"]
     assert plan.runs["random2/seed0/mas-imp-background-B1"].importance == "random2-background-B1"
     assert plan.suites["adaptation-facts"][0] == "random2-facts"
     assert [e.variant for e in plan.suites["adaptation-facts"][1]] == ["finetune", "mas", "mas-imp-B11", "mas-imp-B12",
@@ -57,7 +57,7 @@ def test_plan_of_every_suite(exp, tmp_path):
     assert {f"random2/seed0/{m}" for m in METHODS} <= ids
     assert {"random2/seed0/mas-imp-B11", "random2/seed0/mas-imp-B12", "random4/seed0/mas-imp-group-colour-train"} <= ids
     shared = plan.runs["random2/seed0/mas"]  # two-task, adaptation, shift: one run, probed on every view
-    assert shared.probes == ("random2-B11", "random2-B12", "test-background", "test-dusk")
+    assert shared.probes == ("random2-B11", "random2-B12", "test-background", "test-dusk", "test-dim")
     assert shared.importance is None
     assert plan.runs["random2/seed0/lwf"].probes == ()
     assert plan.suites["adaptation"][0] == "random2" and plan.suites["topic"][0] == "random4"
@@ -139,9 +139,9 @@ def test_config_of_an_existing_run_must_match(exp, tmp_path):
     ("experiments.yaml", "group: colour, ", "", "suites.topic needs a 'group'"),
     ("experiments.yaml", "topic_world: true, ", "", "suites.topic-distinct: topic_world is for topic-distinct"),
     ("experiments.yaml", "held_out: 0.2,", "held_out: 1.5,", "needs group: topic"),
-    ("experiments.yaml", "styles: [background, dusk], ", "styles: [background, clean], ", "suites.shift needs 'styles'"),
-    ("experiments.yaml", "styles: [background, dusk], ", "styles: [dusk, dusk], ", "a list of distinct styles"),
-    ("experiments.yaml", "styles: [background, dusk], ", "", "suites.shift needs 'styles'"),
+    ("experiments.yaml", "styles: [background, dusk, dim], ", "styles: [background, clean], ", "suites.shift needs 'styles'"),
+    ("experiments.yaml", "styles: [background, dusk, dim], ", "styles: [dusk, dusk], ", "a list of distinct styles"),
+    ("experiments.yaml", "styles: [background, dusk, dim], ", "", "suites.shift needs 'styles'"),
     ("quick.yaml", "epochs: 4", "epoch: 4", "'train.epoch'"),
     ("methods.yaml", "  mas: {lam: 0.3}", "  mas: {lamb: 0.3}", "'method.lamb'"),
 ])
@@ -481,14 +481,14 @@ def test_shift_views_and_table(exp, tmp_path):
             atomic_write_text(plan.probe_file(run, view), json.dumps({"after": after}))
     sections = tables.suite_sections("shift", exp.suites["shift"], tables.collect(plan, "shift"))
     assert ("| method | B1 test after B1 top-1 | B1 test top-1 | B2 test top-1 | B1 test, background after B1 top-1 | "
-            "B1 test, background top-1 | B2 test, background top-1 | B1 test, dusk after B1 top-1 | "
-            "B1 test, dusk top-1 | B2 test, dusk top-1 | B1 test after B1 top-5 |" in sections[0])
-    assert ("| mas (importance: B1's training images, background) | 90.0 | 50.0 | 80.0 | 70.0 | 40.0 | 60.0 | 70.0 "
-            "| 30.0 | 60.0 |") in sections[0]
-    assert ("| mas (importance: B1's training images, dusk) | 90.0 | 50.0 | 80.0 | 70.0 | 30.0 | 60.0 | 70.0 | 40.0 "
-            "| 60.0 |") in sections[0]
-    assert ("| mas (importance: B1's training images, clean) | 90.0 | 50.0 | 80.0 | 70.0 | 30.0 | 60.0 | 70.0 | 30.0 "
-            "| 60.0 |") in sections[0]
+            "B1 test, background top-1 | B2 test, background top-1 | B1 test, dim after B1 top-1 | B1 test, dim top-1 | "
+            "B2 test, dim top-1 | B1 test, dusk after B1 top-1 | B1 test, dusk top-1 | B2 test, dusk top-1 | "
+            "B1 test after B1 top-5 |" in sections[0])  # the styles' columns in name order
+    row = "| 90.0 | 50.0 | 80.0 | 70.0 | {} | 60.0 | 70.0 | {} | 60.0 | 70.0 | {} | 60.0 |"
+    assert "| mas (importance: B1's training images, background) " + row.format(40.0, 30.0, 30.0) in sections[0]
+    assert "| mas (importance: B1's training images, dusk) " + row.format(30.0, 30.0, 40.0) in sections[0]
+    assert "| mas (importance: B1's training images, dim) " + row.format(30.0, 40.0, 30.0) in sections[0]
+    assert "| mas (importance: B1's training images, clean) " + row.format(30.0, 30.0, 30.0) in sections[0]
     adaptation = tables.suite_sections("adaptation", exp.suites["adaptation"], tables.collect(plan, "adaptation"))
     assert "background" not in adaptation[0]  # the shared mas run's shift probe is not an adaptation column
 

@@ -11,6 +11,7 @@ scene.
 * ``dark``: a dark background (the clean one at a fifth of its light) and dimmer light overall
   (pixels x 0.8), as a photograph at night;
 * ``dusk``: the background at 80% of its light, the shapes as in ``clean``: a milder ``dark``;
+* ``dim``: the background at 65% of its light, the shapes as in ``clean``: between the two;
 * ``blur``: a Gaussian blur of about one pixel at 64 px (scaled with the image side), as an
   out-of-focus camera;
 * ``noise``: strong sensor noise (Gaussian, sigma 30) and 2% of the pixels dead or hot;
@@ -25,8 +26,8 @@ from PIL import Image, ImageFilter
 
 from ...errors import UserError
 
-STYLES = ("clean", "dark", "dusk", "blur", "noise", "background")
-DIMMED = {"dark": (0.2, 0.8), "dusk": (0.8, 1.0)}  # style -> (the background's light, all pixels' light)
+STYLES = ("clean", "dark", "dusk", "dim", "blur", "noise", "background")
+DIMMED = {"dark": (0.2, 0.8), "dusk": (0.8, 1.0), "dim": (0.65, 1.0)}  # style -> (the background's light, all pixels' light)
 
 
 def check_style(name: object) -> str:
