@@ -23,7 +23,8 @@ from .errors import UserError
 @click.option("--images-per-fact", type=int, default=None, help="Images per fact (default: the preset's).")
 @click.option("--size", type=int, default=None, help="Image side in pixels (default: the preset's).")
 @click.option("--style", default="clean", show_default=True,
-              help="Rendering style: clean, dark, blur, noise or background (same facts and splits, other pixels).")
+              help="Rendering style: clean, dark, dusk, dim, blur, noise or background (same facts and splits, "
+                   "other pixels).")
 @click.option("--topic", is_flag=True,
               help="Make about 10% of the facts a visually distinctive group, 'topic' (not with lsc).")
 @click.option("--exclude", type=click.Path(path_type=Path), multiple=True,
