@@ -187,3 +187,9 @@ def test_base_preset_defaults():
     # room for its facts once a whole 6ds world is excluded
     six_ds = [f for f, _ in synth.sample_facts(synth.PRESETS["6ds"]["facts"], seed=0)]
     assert len(synth.sample_facts(base["facts"], base["seed"], exclude=six_ds)) == base["facts"]
+
+
+def test_synth_help_lists_every_style():
+    r = invoke("synth", "--help")
+    text = " ".join(r.output.split())
+    assert all(style in text for style in synth.STYLES), text
