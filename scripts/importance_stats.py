@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -35,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from factlearn.errors import UserError  # noqa: E402
+from factlearn.experiments.tables import Cell  # noqa: E402
 from factlearn.importance import importance_agreement, task_importance_stats  # noqa: E402
 
 COLUMNS = (("top 1% share", "top_share", 0.01), ("top 10% share", "top_share", 0.1),
@@ -58,13 +57,12 @@ def value(row: dict, key: str, fraction: float | None) -> float | None:
     return row[key] if fraction is None else row[key][fraction]
 
 
-def cell(values: list[float]) -> str:
-    """``mean ± std`` (``mean`` alone for one run) of the values that are numbers."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+def cell(values: list[float | None]) -> str:
+    """``mean ± std`` (``mean`` alone for one run) of the values that are numbers, as fractions."""
+    c = Cell.of(list(range(len(values))), values)  # its NaN/None filter, mean and std
+    if c.mean is None:
         return ""
-    mean = statistics.fmean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+    return f"{c.mean:.2f}" if c.std is None else f"{c.mean:.2f} ± {c.std:.2f}"
 
 
 def table(groups: dict[str, list[list[dict]]], columns=COLUMNS, head: str = "run") -> str:
