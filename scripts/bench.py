@@ -234,8 +234,17 @@ def bench_importance(rep: Report, s: Session, repeats: int, tag: str) -> None:
     # gradients, the `importance: batch` approximation. Any exact per-sample method needs at least
     # this pass, so ceiling / loop bounds the speed-up any exact method can reach on this machine.
     ceiling = lambda: mas_importance(s.model, task, batch_size=64, exact=False)  # noqa: E731
-    ref = float64_reference(s.model, task)
-    rel, rel_loop = max_relative_diff(fast(), ref), max_relative_diff(loop(), ref)
+    # Accuracy. Run in float64, the fast path's rules must give the float64 loop's values up to
+    # float64 rounding: that is the check that they are exact. In float32 both paths differ from
+    # float64 by the rounding of the forward pass, and a ReLU input that rounds to the other side of
+    # zero flips one unit's gradient for one sample: the largest per-parameter difference then
+    # measures where such a unit happens to fall (batched and batch-1 kernels round differently,
+    # and kernels differ between CPUs), not the method, so it is reported for both paths with the
+    # aggregate difference next to it.
+    model64, task64 = float64_copy(s.model, task)
+    ref = mas_importance(model64, task64, batch_size=1, exact=False)
+    exact64 = max_relative_diff(mas_importance(model64, task64, batch_size=64), ref)
+    got = {"fast path": fast(), "loop": loop()}
     t = paired({"fast": fast, "loop": loop, "ceiling": ceiling}, repeats, s.device)
     rep.add("importance", f"exact fast path, batch 64 [{tag}]", "samples/s", [n / x for x in t["fast"]])
     rep.add("importance", f"batch-size-1 loop [{tag}]", "samples/s", [n / x for x in t["loop"]])
@@ -244,27 +253,35 @@ def bench_importance(rep: Report, s: Session, repeats: int, tag: str) -> None:
     rep.add("importance", f"ceiling: one batched fwd+bwd pass, batch 64 [{tag}]", "samples/s", [n / x for x in t["ceiling"]])
     ratio(rep, "importance", f"ceiling / loop samples/s (bound on any exact path) [{tag}]", t["loop"], t["ceiling"], "", None)
     ratio(rep, "importance", f"fast / ceiling samples/s [{tag}]", t["ceiling"], t["fast"], "", None)
-    rep.add("importance", f"max relative diff per parameter, fast path vs float64 [{tag}]", "", rel, "<= 1e-4",
-            lambda m: m <= 1e-4)
-    rep.add("importance", f"max relative diff per parameter, float32 loop vs float64 [{tag}]", "", rel_loop)
+    rep.add("importance", f"max relative diff per parameter, fast path vs loop, both in float64 [{tag}]", "", exact64,
+            "<= 1e-10", lambda m: m <= 1e-10)
+    for name, imp in got.items():
+        ref32 = {k: v.float() for k, v in ref.items()}
+        rep.add("importance", f"max relative diff per parameter, {name} in float32 vs float64 loop [{tag}]", "",
+                max_relative_diff(imp, ref32))
+        rep.add("importance", f"relative L1 diff per parameter (max), {name} in float32 vs float64 loop [{tag}]", "",
+                max_relative_l1(imp, ref32))
 
 
-def float64_reference(model: torch.nn.Module, task) -> dict[str, torch.Tensor]:
-    """Exact importance from a batch-size-1 loop on a float64 copy of the model: the yardstick of
-    both float32 paths (in float32 the loop's own rounding reaches 1e-4 on some convolutions)."""
+def float64_copy(model: torch.nn.Module, task):
+    """A float64 copy of the model and a view of the task's batches in float64."""
     model64 = copy.deepcopy(model).double()
 
     def batches(batch_size: int):
         for pixels, tokens, mask in task.batches(batch_size):
             yield pixels.double(), tokens, mask.double() if mask.is_floating_point() else mask
 
-    ref = mas_importance(model64, dataclasses.replace(task, batches=batches), batch_size=1, exact=False)
-    return {k: v.float() for k, v in ref.items()}
+    return model64, dataclasses.replace(task, batches=batches)
 
 
 def max_relative_diff(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
     """max over parameters of max |got - want| / max |want| (per parameter tensor)."""
     return max(((got[k] - want[k]).abs().max() / want[k].abs().max().clamp(min=1e-12)).item() for k in want)
+
+
+def max_relative_l1(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    """max over parameters of sum |got - want| / sum |want| (per parameter tensor)."""
+    return max(((got[k] - want[k]).abs().sum() / want[k].abs().sum().clamp(min=1e-12)).item() for k in want)
 
 
 def bench_step(rep: Report, s: Session, repeats: int, steps: int, tag: str) -> None:
