@@ -130,8 +130,10 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, calls: list[Call], batch: in
     r = torch.rsqrt(m.running_var + m.eps)  # (C,)
     w = b = None
     for x, g in calls:  # (B, C, *spatial)
-        gx = (g * x).flatten(2).sum(2) if x.dim() > 2 else g * x  # (B, C)
-        gs = g.flatten(2).sum(2) if x.dim() > 2 else g
+        # Summed over the spatial dimensions in place: flatten(2) would copy a channels-last tensor.
+        spatial = tuple(range(2, x.dim()))
+        gx = (g * x).sum(spatial) if spatial else g * x  # (B, C)
+        gs = g.sum(spatial) if spatial else g
         wn = r * (gx - m.running_mean * gs)
         w, b = (wn, gs) if w is None else (w + wn, b + gs)
     return {"weight": w.abs().sum(0), "bias": b.abs().sum(0)}
