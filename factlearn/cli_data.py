@@ -157,6 +157,9 @@ def _echo_import(report) -> None:
 @click.option("--adaptation", is_flag=True,
               help="Cut each task's FACTS into two halves (B11, B12 ...) and hold out --held-out of their training "
                    "images from training: unlabeled images of each half for importance (MAS paper, Table 4).")
+@click.option("--adaptation-by", type=click.Choice(["random", "group"]), default="random", show_default=True,
+              help="With --adaptation: cut the facts at random, or into whole semantic groups (the manifest's group "
+                   "column), so that the halves differ in content.")
 @click.option("--adaptation-images", is_flag=True,
               help="Instead cut each task's training images into two halves of the same facts (B11, B12 ...).")
 @click.option("--held-out", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -165,17 +168,19 @@ def _echo_import(report) -> None:
 @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="With --adaptation or --held-out: test share for rows without a split (use split.test_fraction).")
 @click.option("--monitor", "groups", multiple=True, help="A group of facts to record as monitored (repeatable).")
-def split(data_dir, kind, tasks, seed, out_file, adaptation, adaptation_images, held_out, test_fraction,
-          groups) -> None:
+def split(data_dir, kind, tasks, seed, out_file, adaptation, adaptation_by, adaptation_images, held_out,
+          test_fraction, groups) -> None:
     """Cut DATA_DIR's facts into a task sequence and write it as a task file for `train --tasks-file`."""
     from .data.manifest import load_dataset
-    from .data.splits import TaskFile, adaptation_halves, adaptation_names, fact_halves, held_out_images, \
-        image_splits, make_split, monitored_facts, save_tasks_file
+    from .data.splits import TaskFile, adaptation_halves, adaptation_names, fact_halves, group_halves, \
+        held_out_images, image_splits, make_split, monitored_facts, save_tasks_file
 
     import numpy as np
 
     if adaptation and adaptation_images:
         raise UserError("--adaptation (halves of the facts) and --adaptation-images (halves of the images): choose one")
+    if adaptation_by != "random" and not adaptation:
+        raise UserError("--adaptation-by: only with --adaptation (halves of the facts)")
     dataset = load_dataset(data_dir)
     task_list = make_split(dataset, kind, tasks, seed)
     info = {"kind": kind, "seed": seed}
@@ -189,6 +194,10 @@ def split(data_dir, kind, tasks, seed, out_file, adaptation, adaptation_images, 
         for task in task_list:
             out.adaptation.update((n, h.tolist()) for n, h in
                                   zip(adaptation_names(task), adaptation_halves(dataset, task, is_test, seed)))
+    if adaptation_by == "group":
+        info["adaptation_by"] = "group"
+        group = dataset.groups()
+        group_of = {i: group.get(fact) for i, fact in enumerate(dataset.facts.facts)}
     if held_out:
         info["held_out"] = held_out
         for task in task_list:
@@ -197,7 +206,8 @@ def split(data_dir, kind, tasks, seed, out_file, adaptation, adaptation_images, 
             if not adaptation:
                 continue
             fact_of = np.array(dataset.fact_ids())[held]
-            for name, facts in zip(adaptation_names(task), fact_halves(task, seed)):
+            halves = group_halves(task, group_of, seed) if adaptation_by == "group" else fact_halves(task, seed)
+            for name, facts in zip(adaptation_names(task), halves):
                 out.adaptation_facts[name] = facts
                 out.adaptation[name] = held[np.isin(fact_of, facts)].tolist()
     save_tasks_file(out_file, out, dataset)

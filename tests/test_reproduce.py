@@ -42,9 +42,11 @@ def test_plan_of_every_suite(exp, tmp_path):
     ids = set(plan.runs)
     # 8 methods x 3 sequences, + mas on B11 and on B12, + mas on the group's images; the rest is shared;
     # + the fact-level adaptation: finetune, mas, mas on the held-out images of B11, B12 and both;
+    # + the same with halves by group (adaptation-groups: its own sequence, random2-groups);
     # + the shift: mas on B1's images in each of the three styles (finetune and mas are the two-task runs);
     # + topic-distinct: finetune, mas, joint and mas on the group's held-out images, on the topic world
-    assert len(ids) == 27 + 5 + 3 + 4
+    assert len(ids) == 27 + 5 + 5 + 3 + 4
+    assert plan.suites["adaptation-groups"][0] == "random2-groups"
     assert plan.runs["random4-topic/seed0/mas-imp-topic-held-out"].config == "mas-imp-topic-held-out"
     assert [e.variant for e in plan.suites["shift"][1]] == ["finetune", "mas", "mas-imp-background-B1",
                                                             "mas-imp-dusk-B1", "mas-imp-dim-B1"]
@@ -387,10 +389,12 @@ def test_tiny_reproduction_of_the_faithful_protocol_end_to_end(tiny_world, tmp_p
     assert printed.count(": skipped") == 4 and "trained" not in printed.replace("0 to train", "")
 
 
-def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
+@pytest.mark.parametrize("suite, seq", [("adaptation-facts", "random2-facts"), ("adaptation-groups", "random2-groups")])
+def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path, suite, seq):
     """adaptation-facts: `split --adaptation` (halves of B1's facts, held-out images); importance
     views of each half's held-out images and of both; probe views of each half's test images;
-    the table's "B11 test" columns come from those probes."""
+    the table's "B11 test" columns come from those probes. adaptation-groups: the same with halves
+    of whole semantic groups (`--adaptation-by group`)."""
     from click.testing import CliRunner
 
     from factlearn.cli import main as factlearn_main
@@ -398,9 +402,10 @@ def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
     from factlearn.data.splits import image_splits, load_tasks_file
     from factlearn.experiments.prepare import split_options, view_rows
 
-    plan = plans.make_plan(exp, ["adaptation-facts"], "quick", 1, tmp_path, tiny_world)
-    seq = "random2-facts"
+    plan = plans.make_plan(exp, [suite], "quick", 1, tmp_path, tiny_world)
+    assert list(plan.sequences) == [seq]
     assert "--adaptation" in split_options(plan, seq) and "--adaptation-images" not in split_options(plan, seq)
+    assert ("group" in split_options(plan, seq)) == (suite == "adaptation-groups")
     result = CliRunner().invoke(factlearn_main, ["split", str(tiny_world), *split_options(plan, seq),
                                                  "--out", str(plan.tasks_file(seq))])
     assert result.exit_code == 0, result.output
@@ -417,6 +422,10 @@ def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
         assert {facts[i] for i in test} == set(task_file.adaptation_facts[half])
     assert rows[f"{seq}-B1"] == sorted(rows[f"{seq}-B11"] + rows[f"{seq}-B12"])
     assert not set(task_file.adaptation_facts["B11"]) & set(task_file.adaptation_facts["B12"])
+    if suite == "adaptation-groups":  # no semantic group in both halves
+        group, table = world.groups(), world.facts.facts
+        in_half = {h: {group[table[f]] for f in task_file.adaptation_facts[h]} for h in ("B11", "B12")}
+        assert in_half["B11"] and in_half["B12"] and not in_half["B11"] & in_half["B12"]
 
     for run in plan.runs.values():
         _write_run(plan.run_dir(run), run.method, [[0.5, 0.5], [0.5, 0.5]], tasks=["B1", "B2"])
@@ -425,8 +434,7 @@ def test_fact_level_adaptation_views_and_table(exp, tiny_world, tmp_path):
             after = {t: {p: {u: {"top1": acc, "top5": 1.0, "n": 10} for u in ("B1", "B2")} for p in PROTOCOLS}
                      for t in ("B1", "B2")}
             atomic_write_text(plan.probe_file(run, view), json.dumps({"after": after}))
-    sections = tables.suite_sections("adaptation-facts", exp.suites["adaptation-facts"],
-                                     tables.collect(plan, "adaptation-facts"))
+    sections = tables.suite_sections(suite, exp.suites[suite], tables.collect(plan, suite))
     assert "| method | B1 test top-1 | B2 test top-1 | B11 test top-1 | B12 test top-1 |" in sections[0]
     assert "| mas (importance: held-out images of B11) | 50.0 | 50.0 | 80.0 | 60.0 |" in sections[0]
 

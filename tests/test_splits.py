@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from factlearn.cli import main
 from factlearn.data.manifest import load_dataset
-from factlearn.data.splits import (TaskFile, adaptation_halves, adaptation_names, image_splits, load_tasks_file,
+from factlearn.data.splits import (Task, TaskFile, adaptation_halves, adaptation_names, group_halves, image_splits,
+                                   load_tasks_file,
                                    make_split, monitored_facts, random_split, save_tasks_file)
 from factlearn.errors import UserError
 
@@ -176,6 +177,43 @@ def test_fact_level_adaptation_halves_are_fact_disjoint_with_held_out_images(tin
     again = tmp_path / "again.json"
     assert CliRunner().invoke(main, args[:-5] + ["--out", str(again), "--adaptation", "--held-out", "0.25"]).exit_code == 0
     assert again.read_text() == out.read_text()  # seeded: the same file
+
+
+def test_group_halves_keep_groups_whole_and_even():
+    task = Task("B1", list(range(10)))
+    group_of = {0: "a", 1: "a", 2: "a", 3: "a", 4: "b", 5: "b", 6: "b", 7: "c", 8: "c", 9: None}
+    for seed in range(5):
+        b11, b12 = group_halves(task, group_of, seed)
+        assert sorted(b11 + b12) == task.facts and not set(b11) & set(b12)
+        for g in ("a", "b", "c"):  # a group never in both halves
+            members = {f for f, x in group_of.items() if x == g}
+            assert members <= set(b11) or members <= set(b12)
+        # largest first to the emptier half: a (4) | b (3), then c (2) to b's half, the ungrouped fact to a's
+        assert sorted([len(b11), len(b12)]) == [5, 5]
+        assert group_halves(task, group_of, seed) == (b11, b12)  # seeded
+    # ties between equal groups are broken by the seed, not by name alone
+    even = {i: "xyzw"[i // 2] for i in range(8)}
+    cuts = {tuple(group_halves(Task("B1", list(range(8))), even, seed)[0]) for seed in range(8)}
+    assert len(cuts) > 1
+    with pytest.raises(UserError, match="all its facts are in one group"):
+        group_halves(Task("B1", [0, 1, 2]), {0: "a", 1: "a", 2: "a"}, 0)
+
+
+def test_adaptation_by_group_cuts_the_split_by_semantic_group(tiny_world, tmp_path, dataset):
+    out = tmp_path / "split.json"
+    r = CliRunner().invoke(main, ["split", str(tiny_world), "--tasks", "2", "--out", str(out), "--adaptation",
+                                  "--adaptation-by", "group"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    back = load_tasks_file(out, dataset)
+    group, table = dataset.groups(), dataset.facts.facts
+    for task in back.tasks:
+        b11, b12 = (back.adaptation_facts[n] for n in adaptation_names(task))
+        assert sorted(b11 + b12) == task.facts
+        assert not {group[table[f]] for f in b11} & {group[table[f]] for f in b12}
+    assert json.loads(out.read_text())["adaptation_by"] == "group"
+    r = CliRunner().invoke(main, ["split", str(tiny_world), "--out", str(tmp_path / "s.json"), "--adaptation-by", "group"])
+    assert r.exit_code == 2 and "--adaptation-by: only with --adaptation" in r.output
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_adaptation_kinds_are_exclusive_and_held_out_must_be_the_tasks(tiny_world, tmp_path, dataset):

@@ -196,6 +196,30 @@ def fact_halves(task: Task, seed: int) -> tuple[list[int], list[int]]:
     return sorted(int(f) for f in order[:cut]), sorted(int(f) for f in order[cut:])
 
 
+def group_halves(task: Task, group_of: dict[int, str | None], seed: int) -> tuple[list[int], list[int]]:
+    """Cut a task's FACTS into two halves made of whole semantic groups (B11, B12 for task B1), seeded.
+
+    Halves of random facts share the visual vocabulary (the same shapes, colours and relations in
+    both), so the importance of one is nearly the importance of the other; halves by group differ in
+    content, as the MAS paper's subsets do. Groups go largest first (ties in a seeded order) to the
+    half with fewer facts so far, so the halves are as even as whole groups allow. ``group_of``: fact
+    id -> group (None: the fact is a group of its own).
+    """
+    groups: dict[str, list[int]] = {}
+    for fid in sorted(task.facts):
+        g = group_of.get(fid)
+        groups.setdefault(f"group {g}" if g is not None else f"fact {fid}", []).append(int(fid))
+    if len(groups) < 2:
+        raise UserError(f"task {task.name}: all its facts are in one group ({next(iter(groups), '-')}), "
+                        "so its facts cannot be halved by group")
+    names = sorted(groups)
+    tie = {names[j]: pos for pos, j in enumerate(np.random.default_rng([seed, 19]).permutation(len(names)))}
+    halves: tuple[list[int], list[int]] = ([], [])
+    for n in sorted(names, key=lambda n: (-len(groups[n]), tie[n])):
+        halves[0 if len(halves[0]) <= len(halves[1]) else 1].extend(groups[n])
+    return sorted(halves[0]), sorted(halves[1])
+
+
 def held_out_images(dataset: Dataset, facts: list[int], is_test: np.ndarray, fraction: float,
                     seed: int) -> np.ndarray:
     """Per fact of ``facts``, a seeded ``fraction`` of its TRAINING images to keep out of training:

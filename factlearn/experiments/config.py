@@ -37,7 +37,7 @@ from ..data.synth.styles import STYLES
 from ..data.synth.vocabulary import TOPIC
 from ..errors import UserError
 
-SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "topic", "topic-distinct", "shift")
+SUITES = ("two-task", "four-task", "semantic", "adaptation", "adaptation-facts", "adaptation-groups", "topic", "topic-distinct", "shift")
 TOPIC_SUITES = ("topic", "topic-distinct")  # the suites of a monitored group: its curve after every task
 BUILTIN_WORLD_SUITES = ("shift", "topic-distinct")  # they make a variant of the built-in world: not with --data
 

@@ -29,6 +29,8 @@ from .protocols import SCRATCH_PROTOCOL, Protocol
 
 HALVES = ("B11", "B12")  # B1's adaptation halves, as `factlearn split --adaptation[-images]` names them
 FACT_HALVES = "-facts"  # the suffix of a sequence split with `--adaptation` (fact-level halves)
+GROUP_HALVES = "-groups"  # the same with `--adaptation-by group` (halves of whole semantic groups)
+FACT_HALF_SUITES = {"adaptation-facts": FACT_HALVES, "adaptation-groups": GROUP_HALVES}
 TOPIC_WORLD = "-topic"  # the suffix of a sequence of the topic world (topic-distinct), and that world's
 
 
@@ -176,7 +178,7 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
         if suite not in exp.suites:
             raise UserError(f"suite {suite!r} is not in {exp.path}")
         sc = exp.suites[suite]
-        seq = (f"{sc.split}{sc.tasks}" + (FACT_HALVES if suite == "adaptation-facts" else "")
+        seq = (f"{sc.split}{sc.tasks}" + FACT_HALF_SUITES.get(suite, "")
                + (TOPIC_WORLD if sc.topic_world else ""))
         plan.sequences[seq] = (sc.split, sc.tasks)
         if suite in BUILTIN_WORLD_SUITES and data is not None:
@@ -191,7 +193,7 @@ def make_plan(exp: Experiments, suites: list[str], scale: str, seeds: int, out: 
             probes = tuple(f"{seq}-{h}" for h in HALVES)
             sources = [(h, f"{seq}-{h}") for h in HALVES]
             own = "all of B1"
-        elif suite == "adaptation-facts":
+        elif suite in FACT_HALF_SUITES:
             # The MAS paper's adaptation (Table 4): B11 and B12 are halves of B1's facts; importance
             # from unlabeled held-out images of one half, of both, or (own) B1's training images;
             # measured on the test images of each half's facts

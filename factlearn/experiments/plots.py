@@ -25,6 +25,7 @@ from .tables import (
 
 COLUMN_FIGURES = {"adaptation": ("halves", "Importance from one half of {first}"),
                   "adaptation-facts": ("halves", "Importance from one half of {first}"),
+                  "adaptation-groups": ("halves", "Importance from one half of {first}"),
                   "shift": ("shift", "Importance from clean or restyled images of {first}")}  # file stem, title
 
 

@@ -22,7 +22,7 @@ from ..io import atomic_write_text, read_json
 from ..training.schedule import task_steps
 from .children import check_child_factlearn, factlearn_cli
 from .config import Experiments, WorldSpec
-from .plan import FACT_HALVES, HALVES, Plan, View
+from .plan import FACT_HALVES, GROUP_HALVES, HALVES, Plan, View
 from .protocols import run_config
 
 
@@ -123,7 +123,9 @@ def split_options(plan: Plan, sequence: str) -> list[str]:
     if sequence in plan.split_extra:  # its own options (topic-distinct: held-out images, the monitored group)
         halves = plan.split_extra[sequence]
     else:
-        halves = ["--adaptation" if sequence.endswith(FACT_HALVES) else "--adaptation-images"]
+        halves = (["--adaptation"] if sequence.endswith(FACT_HALVES)
+                  else ["--adaptation", "--adaptation-by", "group"] if sequence.endswith(GROUP_HALVES)
+                  else ["--adaptation-images"])
     return ["--kind", kind, "--tasks", str(tasks), "--seed", str(plan.split_seed), *halves,
             "--test-fraction", str(plan.test_fraction)]
 

@@ -40,6 +40,10 @@ SUITE_DOC = {
                         "from the held-out images of B11 only, of B12 only, or of all of B1 (unlabeled), or from B1's "
                         "training images; finetune for reference. After B2: accuracy on the test images of B1, B2, "
                         "and of B11's and B12's facts (the half the importance came from should keep more).",
+    "adaptation-groups": "adaptation-facts with halves that differ in content: B11 and B12 are whole semantic groups of "
+                         "B1's facts (`factlearn split --adaptation --adaptation-by group`), as the MAS paper's subsets "
+                         "are; random halves of the facts share the world's shapes, colours and relations, so one "
+                         "half's importance is nearly the other's. The same runs and measures as adaptation-facts.",
     "shift": "A test-condition shift (MAS paper, Sec. 5): the same world rendered in other styles (same facts, "
              "splits and scenes, other pixels). MAS importance after B1 from B1's training images as trained "
              "(clean) or from the same images in a shifted style (unlabeled images of the conditions of use); "
@@ -56,7 +60,7 @@ SUITE_DOC = {
              "tower's importance on the group's unlabeled training images (of every task) instead of each "
              "task's own images.",
 }
-HEADLINE_TABLES = {"adaptation": 1, "adaptation-facts": 1, "shift": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
+HEADLINE_TABLES = {"adaptation": 1, "adaptation-facts": 1, "adaptation-groups": 1, "shift": 1}  # tables of a suite README.md shows (default 2: standard top-1 and top-5)
 
 
 def write_report(plan: Plan, exp: Experiments, invocation: dict, plots: bool = True) -> Path:

@@ -1,6 +1,6 @@
 """Reproduce the experiments of issues 7 and 17 with one command: tables and plots, from the world up.
 
-    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,adaptation-facts,topic,topic-distinct,shift,all} [SUITE ...] [--quick]
+    scripts/reproduce.py --suite {two-task,four-task,semantic,adaptation,adaptation-facts,adaptation-groups,topic,topic-distinct,shift,all} [SUITE ...] [--quick]
                          [--protocol {scratch,faithful,modern}] [--seeds N] [--out DIR] [--data DIR]
                          [--jobs J] [--device D] [--dry-run]
 
@@ -35,6 +35,8 @@ Suites (configs/reproduce/experiments.yaml says which methods and splits each us
               (`factlearn split --adaptation`, 0.2 of each fact's training images held out, never
               trained on); MAS importance from the held-out images of B11, of B12, of both, or
               from B1's training images; after B2: accuracy on the test images of B11's and B12's facts.
+- adaptation-groups  the same with halves of whole semantic groups of B1's facts
+              (`factlearn split --adaptation --adaptation-by group`): halves that differ in content.
 - topic       four tasks with a monitored semantic group (e.g. colour): its test images' accuracy
               after each task, over the group's facts trained so far; finetune, mas (importance
               from each task's images), mas with importance from the group's unlabeled training

@@ -204,7 +204,8 @@ def shift_cells(res: SuiteResults, proto: str, metric: str) -> dict[str, dict[st
 
 
 # the suites whose table is one row of columns per entry, after the last task: their cells
-COLUMN_CELLS = {"adaptation": adaptation_cells, "adaptation-facts": adaptation_cells, "shift": shift_cells}
+COLUMN_CELLS = {"adaptation": adaptation_cells, "adaptation-facts": adaptation_cells,
+                "adaptation-groups": adaptation_cells, "shift": shift_cells}
 
 
 def monitored_curve(probes: list[dict], tasks: list[str], proto: str, metric: str) -> list[list[float]]:
