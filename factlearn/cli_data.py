@@ -212,3 +212,7 @@ def split(data_dir, kind, tasks, seed, out_file, adaptation, adaptation_by, adap
                 out.adaptation[name] = held[np.isin(fact_of, facts)].tolist()
     save_tasks_file(out_file, out, dataset)
     click.echo(f"wrote {out_file}: " + ", ".join(f"{t.name} {len(t.facts)} facts" for t in task_list))
+    for name, facts in out.adaptation_facts.items():
+        names = sorted({group_of[f] or "no group" for f in facts}) if adaptation_by == "group" else []
+        groups = f" ({', '.join(names)})" if names else ""
+        click.echo(f"  {name}: {len(facts)} facts{groups}, {len(out.adaptation[name])} held-out images")

@@ -211,6 +211,8 @@ def test_adaptation_by_group_cuts_the_split_by_semantic_group(tiny_world, tmp_pa
         assert sorted(b11 + b12) == task.facts
         assert not {group[table[f]] for f in b11} & {group[table[f]] for f in b12}
     assert json.loads(out.read_text())["adaptation_by"] == "group"
+    b11 = back.adaptation_facts["B11"]
+    assert f"  B11: {len(b11)} facts (" in r.output and "held-out images" in r.output
     r = CliRunner().invoke(main, ["split", str(tiny_world), "--out", str(tmp_path / "s.json"), "--adaptation-by", "group"])
     assert r.exit_code == 2 and "--adaptation-by: only with --adaptation" in r.output
     assert not (tmp_path / "s.json").exists()
