@@ -255,8 +255,8 @@ def bench_importance(rep: Report, s: Session, repeats: int, tag: str) -> None:
     ratio(rep, "importance", f"fast / ceiling samples/s [{tag}]", t["ceiling"], t["fast"], "", None)
     rep.add("importance", f"max relative diff per parameter, fast path vs loop, both in float64 [{tag}]", "", exact64,
             "<= 1e-10", lambda m: m <= 1e-10)
+    ref32 = {k: v.float() for k, v in ref.items()}
     for name, imp in got.items():
-        ref32 = {k: v.float() for k, v in ref.items()}
         rep.add("importance", f"max relative diff per parameter, {name} in float32 vs float64 loop [{tag}]", "",
                 max_relative_diff(imp, ref32))
         rep.add("importance", f"relative L1 diff per parameter (max), {name} in float32 vs float64 loop [{tag}]", "",
