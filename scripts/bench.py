@@ -8,7 +8,10 @@ a ratio is taken per repeat from measurements made back to back):
 
 1. importance  exact MAS importance, batched per-sample path vs a batch-size-1 loop
                (``mas_importance(batch_size=1, exact=False)``: at batch size 1 the gradient of
-               the batch is the sample's own, so it is exact), samples/s, ratio, max rel. diff.
+               the batch is the sample's own, so it is exact), samples/s, ratio, max rel. diff.;
+               on the CPU also where the fast path's time goes (torch.profiler over
+               per_sample's labelled ranges) and the bound on fast / ceiling if its rules cost
+               no more than their per-sample matrix products.
 2. step        one training step (factlearn.training.train_step, as the training loop takes it), finetune vs MAS, penalty active.
 3. pipeline    images/s of the training loop fed from the uint8 in-memory store (index it,
                ``to_model_input``, forward/backward/step) vs from pre-loaded float tensors.
@@ -61,7 +64,7 @@ import numpy as np
 import torch
 
 from factlearn.config import Config, MethodConfig
-from factlearn.continual import create_method
+from factlearn.continual import create_method, per_sample
 from factlearn.continual.mas import mas_importance
 from factlearn.data.images import to_model_input
 from factlearn.data.manifest import load_dataset
@@ -261,6 +264,63 @@ def bench_importance(rep: Report, s: Session, repeats: int, tag: str) -> None:
                 max_relative_diff(imp, ref32))
         rep.add("importance", f"relative L1 diff per parameter (max), {name} in float32 vs float64 loop [{tag}]", "",
                 max_relative_l1(imp, ref32))
+    bench_importance_breakdown(rep, fast, ceiling, repeats, s.device, tag)
+
+
+# The per-sample products of the rules: the matmuls that write each sample's weight gradient.
+PRODUCT_OPS = ("aten::bmm", "aten::mm")
+
+
+def importance_profile(fn: Callable[[], object]) -> tuple[float, dict[str, float]]:
+    """One importance run under torch.profiler: its wall seconds and the seconds inside each of
+    per_sample's labelled ranges ("pass", "rule:<layer class>", "vmap") and, as "products", the
+    seconds of the product ops (PRODUCT_OPS) inside the rules."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - start
+    parts: dict[str, float] = {}
+
+    def products(event) -> float:
+        own = event.self_cpu_time_total if event.name in PRODUCT_OPS else 0.0
+        return own + sum(products(c) for c in event.cpu_children)
+
+    for e in prof.events():
+        for label, key in ((per_sample.PASS_LABEL, "pass"), (per_sample.VMAP_LABEL, "vmap")):
+            if e.name == label:
+                parts[key] = parts.get(key, 0.0) + e.cpu_time_total / 1e6
+        if e.name.startswith(per_sample.RULE_LABEL):
+            key = "rule:" + e.name[len(per_sample.RULE_LABEL):]
+            parts[key] = parts.get(key, 0.0) + e.cpu_time_total / 1e6
+            parts["products"] = parts.get("products", 0.0) + products(e) / 1e6
+    return wall, parts
+
+
+def bench_importance_breakdown(rep: Report, fast: Callable[[], object], ceiling: Callable[[], object], repeats: int,
+                               device: torch.device, tag: str) -> None:
+    """Where the fast path's time goes (CPU only: on a GPU the profiler's CPU ranges time kernel
+    launches, not kernels): the shared forward + backward to the layer outputs, each kind of rule,
+    and inside the rules the bare per-sample products. A path whose rules cost no more than those
+    products would take (fast - rules + products); ceiling / that bounds fast / ceiling for any
+    rule built from the same per-sample matmuls (the rest is |.|, the sum over samples, copies)."""
+    if device.type != "cpu":
+        return
+    runs = []
+    for r in range(repeats):  # both under the profiler, so that its small per-op cost is on both sides
+        t_ceiling, _ = importance_profile(ceiling)
+        wall, parts = importance_profile(fast)
+        runs.append((wall, parts, t_ceiling))
+    kinds = sorted({k for _, parts, _ in runs for k in parts} - {"products"})
+    for k in kinds:
+        what = {"pass": "shared forward + backward to the layer outputs", "vmap": "vmap fallback"}.get(k, f"{k[5:]} rules")
+        rep.add("importance", f"fast path time: {what} [{tag}]", "%", [100 * parts.get(k, 0.0) / wall for wall, parts, _ in runs])
+    rep.add("importance", f"fast path time: per-sample products inside the rules [{tag}]", "%",
+            [100 * parts.get("products", 0.0) / wall for wall, parts, _ in runs])
+    rules = [sum(v for k, v in parts.items() if k.startswith("rule:")) for _, parts, _ in runs]
+    rep.add("importance", f"bound on fast / ceiling, rules reduced to their products [{tag}]", "x",
+            [c / (wall - r + parts.get("products", 0.0)) for (wall, parts, c), r in zip(runs, rules)])
 
 
 def float64_copy(model: torch.nn.Module, task):

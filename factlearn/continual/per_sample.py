@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, grad, vmap
+from torch.profiler import record_function
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ Objective = Callable[..., torch.Tensor]
 # that read it; on a GPU 256 MB, so that kernels are few and large.
 _CHUNK_ELEMENTS = 1 << 20
 _CHUNK_ELEMENTS_GPU = 1 << 26
+# Profiler labels (torch.profiler.record_function; a few microseconds each when no profiler runs):
+# scripts/bench.py reads them to split the fast path's time into the shared pass and each kind of
+# rule, so that where the time goes is measured by a command rather than told.
+PASS_LABEL = "per_sample:forward_backward"
+RULE_LABEL = "per_sample:rule:"  # + the layer's class name
+VMAP_LABEL = "per_sample:vmap"
 
 
 def _abs_sum(
@@ -278,18 +285,19 @@ def _covered_abs_grad_sum(
         return hook
 
     handles = [m.register_forward_hook(record(path), with_kwargs=True) for path, m in covered.items()]
-    try:
-        with torch.enable_grad():
-            loss = objective(module(*inputs), *aux)
-    finally:
-        for h in handles:
-            h.remove()
-    calls = [c for c in calls if c[0] not in misfits]
-    if not calls:
-        return {}, misfits
-    # Gradients with respect to the layer outputs only: autograd skips the batch-summed parameter
-    # gradients, which the rules replace with per-sample ones.
-    grads = torch.autograd.grad(loss, [edge for _, _, edge in calls], allow_unused=True)
+    with record_function(PASS_LABEL):
+        try:
+            with torch.enable_grad():
+                loss = objective(module(*inputs), *aux)
+        finally:
+            for h in handles:
+                h.remove()
+        calls = [c for c in calls if c[0] not in misfits]
+        if not calls:
+            return {}, misfits
+        # Gradients with respect to the layer outputs only: autograd skips the batch-summed parameter
+        # gradients, which the rules replace with per-sample ones.
+        grads = torch.autograd.grad(loss, [edge for _, _, edge in calls], allow_unused=True)
     per_layer: dict[str, list[Call]] = {}
     for (path, x, _), g in zip(calls, grads):
         if g is not None:  # None: this call's output does not reach the module's output
@@ -298,7 +306,9 @@ def _covered_abs_grad_sum(
     out = {}
     for path, layer_calls in per_layer.items():
         layer = covered[path]
-        for attr, imp in _rule(layer)(layer, layer_calls, batch).items():
+        with record_function(RULE_LABEL + type(layer).__name__):
+            sums = _rule(layer)(layer, layer_calls, batch)
+        for attr, imp in sums.items():
             if getattr(layer, attr) is not None:
                 out[f"{path}.{attr}" if path else attr] = imp
     return out, misfits
@@ -317,5 +327,6 @@ def _vmap_abs_grad_sum(module: nn.Module, inputs: tuple[torch.Tensor, ...], name
         return objective(output, *(s.unsqueeze(0) for s in a))
 
     in_dims = (None,) + (0,) * (len(inputs) + len(aux))
-    per_sample = vmap(grad(one_sample), in_dims=in_dims)(local, *inputs, *aux)  # name -> (B, *shape)
-    return {n: g.abs().sum(0) for n, g in per_sample.items()}
+    with record_function(VMAP_LABEL):
+        per_sample = vmap(grad(one_sample), in_dims=in_dims)(local, *inputs, *aux)  # name -> (B, *shape)
+        return {n: g.abs().sum(0) for n, g in per_sample.items()}
