@@ -62,6 +62,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from factlearn.config import Config, MethodConfig
 from factlearn.continual import create_method, per_sample
@@ -275,8 +276,6 @@ def importance_profile(fn: Callable[[], object]) -> tuple[float, dict[str, float
     """One importance run under torch.profiler: its wall seconds and the seconds inside each of
     per_sample's labelled ranges ("pass", "rule:<layer class>", "vmap") and, as "products", the
     seconds of the product ops (PRODUCT_OPS) inside the rules."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         fn()
@@ -308,7 +307,7 @@ def bench_importance_breakdown(rep: Report, fast: Callable[[], object], ceiling:
     if device.type != "cpu":
         return
     runs = []
-    for r in range(repeats):  # both under the profiler, so that its small per-op cost is on both sides
+    for _ in range(repeats):  # both under the profiler, so that its small per-op cost is on both sides
         t_ceiling, _ = importance_profile(ceiling)
         wall, parts = importance_profile(fast)
         runs.append((wall, parts, t_ceiling))
